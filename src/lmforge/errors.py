@@ -1,0 +1,32 @@
+"""User-facing errors: one line that names what is wrong and where, and a non-zero exit code."""
+
+
+class LmforgeError(Exception):
+    """An error caused by the user's input (recipe, data, checkpoint, arguments).
+
+    The CLI prints ``error: <message>`` on one line and exits with ``exit_code``; the traceback is
+    shown only with ``--debug``.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class RecipeError(LmforgeError):
+    """A recipe key or value is wrong."""
+
+
+class DataError(LmforgeError):
+    """Input data is missing, empty or unusable."""
+
+
+class CheckpointError(LmforgeError):
+    """A checkpoint is missing, corrupt, truncated or incompatible."""
+
+
+class TrainingError(LmforgeError):
+    """Training cannot go on (for example: too many non-finite losses in a row)."""
+
+    exit_code = 3

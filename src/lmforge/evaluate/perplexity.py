@@ -1,0 +1,46 @@
+"""Validation loss, perplexity and bits per byte on held-out token shards."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lmforge.data.packing import TokenShards
+from lmforge.distributed.context import DistContext
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, shards: TokenShards, seq_len: int, *, batch_size: int,
+                  max_windows: int | None, device: torch.device, ctx: DistContext | None = None) -> dict:
+    """Mean next-token loss over the first ``max_windows`` windows of the split (all of them if None).
+
+    Windows are spread over ranks and the sums reduced, so every rank returns the same figures.
+    Bits per byte converts the per-token loss with the split's bytes-per-token ratio.
+    """
+    ctx = ctx or DistContext(device=device)
+    total = shards.num_windows(seq_len)
+    count = total if max_windows is None else min(total, max_windows)
+    mine = list(range(ctx.rank, count, ctx.world_size))
+    was_training = model.training
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    for i in range(0, len(mine), batch_size):
+        batch = torch.from_numpy(shards.windows(mine[i:i + batch_size], seq_len)).to(device)  # (B, T+1)
+        loss = model(batch[:, :-1], batch[:, 1:])
+        n = batch[:, 1:].numel()
+        loss_sum += float(loss) * n
+        tokens += n
+    model.train(was_training)
+    loss_sum, tokens = ctx.all_reduce_sum([loss_sum, float(tokens)])
+    if tokens == 0:
+        return {"loss": float("nan"), "perplexity": float("nan"), "bits_per_byte": float("nan"), "tokens": 0}
+    loss = loss_sum / tokens
+    bytes_per_token = shards.num_bytes / max(1, shards.num_tokens)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "bits_per_byte": loss / math.log(2) / bytes_per_token,
+        "tokens": int(tokens),
+    }

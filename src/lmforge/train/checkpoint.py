@@ -1,0 +1,146 @@
+"""Checkpoints without pickle: weights and optimizer tensors in safetensors, everything else in JSON.
+
+A checkpoint is a folder ``step_NNNNNNNN/`` built under a temporary name and renamed into place, so a
+kill during the write never leaves something that looks finished. ``state.json`` records the SHA-256 of
+each tensor file; loading verifies them before any tensor is parsed, so a corrupt or truncated file is
+reported, not loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+
+from lmforge.core.atomic import atomic_dir
+from lmforge.errors import CheckpointError
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- optimizer state <-> (tensors, JSON) -------------------------------------------------------
+def flatten_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{pid}.{key}"] = value.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, tensor in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = tensor
+    for pid, entry in meta["scalars"].items():
+        state.setdefault(int(pid), {}).update(entry)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --- RNG ---------------------------------------------------------------------------------------
+def capture_rng() -> dict:
+    rng = {"torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["torch_cuda"] = base64.b64encode(torch.cuda.get_rng_state().numpy().tobytes()).decode()
+    return rng
+
+
+def restore_rng(rng: dict) -> None:
+    raw = base64.b64decode(rng["torch_cpu"])
+    torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    if "torch_cuda" in rng and torch.cuda.is_available():
+        raw = base64.b64decode(rng["torch_cuda"])
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+
+
+# --- save / load -------------------------------------------------------------------------------
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict) -> None:
+    """Write a complete checkpoint folder atomically. ``state`` must be JSON-serialisable."""
+    with atomic_dir(path) as tmp:
+        save_model(model, str(tmp / MODEL_FILE))
+        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}
+        full_state = dict(state, rng=capture_rng())
+        if optimizer is not None:
+            tensors, meta = flatten_optimizer_state(optimizer)
+            save_file(tensors, str(tmp / OPTIMIZER_FILE))
+            files[OPTIMIZER_FILE] = sha256_file(tmp / OPTIMIZER_FILE)
+            full_state["optimizer"] = meta
+        full_state["files"] = files
+        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1, sort_keys=True))
+
+
+def read_state(path: Path, verify: bool = True) -> dict:
+    """Read ``state.json`` and (by default) check every tensor file against its recorded hash."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder")
+    state_file = path / STATE_FILE
+    try:
+        state = json.loads(state_file.read_text())
+        files = state["files"]
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is missing (incomplete checkpoint)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {state_file}: corrupt or truncated state file") from None
+    if verify:
+        for name, digest in files.items():
+            file = path / name
+            if not file.exists():
+                raise CheckpointError(f"checkpoint {file}: file is missing")
+            if sha256_file(file) != digest:
+                raise CheckpointError(f"checkpoint {file}: corrupt or truncated (SHA-256 does not match state.json)")
+    return state
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng_state: bool = True) -> dict:
+    """Verify, then load weights (and optimizer state and RNG) in place; returns the JSON state."""
+    path = Path(path)
+    state = read_state(path)
+    try:
+        missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
+    except (SafetensorError, RuntimeError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path / MODEL_FILE}: cannot load weights: {str(exc).splitlines()[0]}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {path / MODEL_FILE}: weights do not fit this model "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    if optimizer is not None:
+        if OPTIMIZER_FILE not in state["files"]:
+            raise CheckpointError(f"checkpoint {path}: holds no optimizer state, cannot resume training from it")
+        try:
+            tensors = load_file(str(path / OPTIMIZER_FILE))
+            optimizer.load_state_dict(unflatten_optimizer_state(tensors, state["optimizer"]))
+        except (SafetensorError, ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint {path / OPTIMIZER_FILE}: optimizer state does not fit: {exc}") from None
+    if restore_rng_state:
+        restore_rng(state["rng"])
+    return state
+
+
+def prune_checkpoints(checkpoints: list[tuple[int, Path]], keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints (called after a new one is safely in place)."""
+    for _, path in checkpoints[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,193 @@
+"""The training loop, top to bottom: forward, loss, backward, clip, step, log, eval, checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from lmforge.core.device import peak_flops
+from lmforge.core.metrics import MetricsLog
+from lmforge.core.progress import info, track
+from lmforge.data.packing import TokenShards
+from lmforge.distributed.context import DistContext
+from lmforge.errors import CheckpointError, RecipeError, TrainingError
+from lmforge.evaluate.perplexity import evaluate_loss
+from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
+from lmforge.recipe import RunConfig
+from lmforge.rundir import RunDir
+from lmforge.train.batches import BatchPlan
+from lmforge.train.checkpoint import load_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from lmforge.train.optim import build_optimizer
+from lmforge.train.schedule import warmup_cosine
+
+
+def build_model(cfg: RunConfig, vocab_size: int, device: torch.device) -> Decoder:
+    """The seeded initial model: the same recipe always gives the same initial weights."""
+    torch.manual_seed(cfg.seed)
+    return Decoder(cfg.model.dims(vocab_size)).to(device)
+
+
+def sequence_length(cfg: RunConfig, context_length: int) -> int:
+    seq_len = cfg.train.seq_len or context_length
+    if seq_len > context_length:
+        raise RecipeError(f"train.seq_len: {seq_len} exceeds the model context length {context_length}")
+    return seq_len
+
+
+def resume_key(cfg: RunConfig, model: Decoder, seq_len: int, data_digest: str) -> dict:
+    """What must not change between a checkpoint and the run that resumes from it."""
+    return {"model": model.dims.to_dict(), "seq_len": seq_len, "batch_size": cfg.train.batch_size,
+            "seed": cfg.seed, "data": data_digest}
+
+
+def shards_digest(shards: TokenShards) -> str:
+    return hashlib.sha256(json.dumps([s["sha256"] for s in shards.index["shards"]]).encode()).hexdigest()[:16]
+
+
+def _check_resumable(path, saved: dict, expected: dict) -> None:
+    for key, want in expected.items():
+        got = saved.get(key)
+        if key == "model" and isinstance(got, dict):
+            diff = [f"model.{k}={got.get(k)} (recipe: {v})" for k, v in want.items() if got.get(k) != v]
+            if diff:
+                raise CheckpointError(f"cannot resume from {path}: it was trained with {', '.join(diff)}")
+        elif got != want:
+            raise CheckpointError(f"cannot resume from {path}: it was trained with {key}={got} (recipe: {want})")
+
+
+def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool) -> dict:
+    tc = cfg.train
+    train_data, val_data = TokenShards(run.tokens("train")), TokenShards(run.tokens("val"))
+    device = ctx.device
+    model = build_model(cfg, train_data.vocab_size, device)
+    seq_len = sequence_length(cfg, model.dims.context_length)
+    plan = BatchPlan(train_data.num_windows(seq_len), tc.batch_size, cfg.seed, ctx.rank, ctx.world_size,
+                     tc.micro_batch_size)
+    optimizer = build_optimizer(model, tc)
+    key = resume_key(cfg, model, seq_len, shards_digest(train_data))
+
+    start_step, nonfinite_in_row, skipped_total = 0, 0, 0
+    latest = run.latest_checkpoint()
+    if latest is not None:
+        step, path = latest
+        if not resume:
+            raise TrainingError(
+                f"{run.root} already holds training checkpoints (latest: step {step}); "
+                "pass --resume to continue it, or --redo train to start training over"
+            )
+        _check_resumable(path, read_state(path, verify=False).get("resume_key", {}), key)
+        state = load_checkpoint(path, model, optimizer)
+        start_step = state["step"]
+        nonfinite_in_row, skipped_total = state.get("nonfinite_in_row", 0), state.get("skipped_total", 0)
+        info(f"resuming from {path} (step {start_step})")
+    if start_step >= tc.max_steps:
+        return {"steps": start_step, "resumed_from": start_step, "parameters": count_parameters(model)}
+
+    metrics = MetricsLog(run.metrics, enabled=ctx.is_main, keep_through_step=start_step)
+    wrapped = DistributedDataParallel(model) if ctx.distributed else model
+    flops_per_token = training_flops_per_token(model.dims, seq_len)
+    peak = peak_flops(device)
+    tokens_per_step = tc.batch_size * seq_len
+    eval_windows = tc.eval_batches * cfg.eval.batch_size
+
+    def run_eval(step: int) -> dict:
+        result = evaluate_loss(model, val_data, seq_len, batch_size=cfg.eval.batch_size,
+                               max_windows=eval_windows, device=device, ctx=ctx)
+        metrics.log(kind="eval", step=step, val_loss=result["loss"], val_perplexity=result["perplexity"],
+                    val_bits_per_byte=result["bits_per_byte"])
+        return result
+
+    if start_step == 0:
+        run_eval(0)
+    info(f"training {count_parameters(model):,} parameters for {tc.max_steps} steps: {tc.batch_size} x {seq_len} "
+         f"tokens per step, {plan.accumulation} micro-batch(es) of {plan.micro_batch_size} per process, "
+         f"{ctx.world_size} process(es) on {device}")
+
+    last_loss, train_seconds = float("nan"), 0.0
+    model.train()
+    with track("train", total=tc.max_steps, unit="step") as bar:
+        bar.advance(start_step)
+        for step in range(start_step, tc.max_steps):
+            t0 = time.perf_counter()
+            lr = warmup_cosine(step, lr=tc.lr, max_steps=tc.max_steps, warmup_steps=tc.warmup_steps,
+                               min_lr_ratio=tc.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # forward + backward over the micro-batches; DDP syncs gradients on the last one only
+            micro_batches = plan.micro_batches(step)
+            loss_sum = 0.0
+            for i, indices in enumerate(micro_batches):
+                batch = torch.from_numpy(train_data.windows(indices, seq_len)).to(device)  # (B, T+1)
+                sync = not ctx.distributed or i == len(micro_batches) - 1
+                with wrapped.no_sync() if not sync else contextlib.nullcontext():
+                    loss = wrapped(batch[:, :-1], batch[:, 1:]) / plan.accumulation
+                    loss.backward()
+                loss_sum += float(loss.detach())
+            step_loss = ctx.all_reduce_sum([loss_sum])[0] / ctx.world_size
+
+            # clip; a non-finite loss or gradient on any rank skips the update everywhere
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
+            finite = not ctx.any(not (math.isfinite(step_loss) and math.isfinite(grad_norm)))
+            if finite:
+                optimizer.step()
+                nonfinite_in_row = 0
+            else:
+                nonfinite_in_row += 1
+                skipped_total += 1
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            dt = time.perf_counter() - t0
+            bar.advance(1)
+
+            if finite:
+                train_seconds += dt
+                last_loss = step_loss
+                tokens_per_s = tokens_per_step / dt
+                record = dict(kind="train", step=step + 1, loss=step_loss, lr=lr, grad_norm=grad_norm,
+                              tokens=(step + 1) * tokens_per_step, tokens_per_s=tokens_per_s,
+                              epoch=plan.epoch_of(step + 1), skipped_total=skipped_total)
+                if peak:
+                    record["mfu"] = flops_per_token * tokens_per_s / (peak * ctx.world_size)
+                metrics.log(**record)
+                if (step + 1) % tc.log_every == 0 or step == start_step:
+                    bar.set(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
+            else:
+                metrics.log(kind="skip", step=step + 1, loss=step_loss, grad_norm=grad_norm,
+                            skipped_total=skipped_total)
+                if nonfinite_in_row >= tc.max_nonfinite_in_row:
+                    raise TrainingError(
+                        f"training stopped at step {step + 1}: {nonfinite_in_row} non-finite losses in a row "
+                        f"(train.max_nonfinite_in_row={tc.max_nonfinite_in_row}); try a lower train.lr"
+                    )
+
+            done = step + 1 == tc.max_steps
+            if (tc.eval_every and (step + 1) % tc.eval_every == 0) or done:
+                result = run_eval(step + 1)
+                bar.set(loss=f"{last_loss:.4f}", val=f"{result['loss']:.4f}")
+            if (step + 1) % tc.checkpoint_every == 0 or done:
+                if ctx.is_main:
+                    save_checkpoint(run.checkpoint(step + 1), model, optimizer,
+                                    {"step": step + 1, "resume_key": key, "loss": step_loss,
+                                     "nonfinite_in_row": nonfinite_in_row, "skipped_total": skipped_total,
+                                     "tokens": (step + 1) * tokens_per_step})
+                    prune_checkpoints(run.list_checkpoints(), tc.keep_checkpoints)
+                ctx.barrier()
+    metrics.close()
+    steps_run = tc.max_steps - start_step - skipped_total
+    return {
+        "steps": tc.max_steps,
+        "resumed_from": start_step,
+        "final_loss": last_loss,
+        "skipped_steps": skipped_total,
+        "tokens_per_s": steps_run * tokens_per_step / train_seconds if train_seconds else None,
+        "parameters": count_parameters(model),
+    }
+

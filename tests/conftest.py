@@ -1,0 +1,61 @@
+"""Shared fixtures: run the CLI in-process or as a real subprocess, and a prepared debug run directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmforge.cli import main
+
+
+def run_cli(*args: str) -> tuple[int, str, str]:
+    """Run ``lmforge ARGS`` in this process; returns (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main([*args, "--quiet"] if args and not args[0].startswith("-") else list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    return code, out.getvalue(), err.getvalue()
+
+
+def lmforge_process(*args: str, cwd: Path | None = None, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "lmforge", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def lmforge_run(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    proc = lmforge_process(*args, **kwargs)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture(scope="session")
+def debug_data_run(tmp_path_factory) -> Path:
+    """A run directory of the debug recipe with its data stages done (curate, tokenizer, pack)."""
+    root = tmp_path_factory.mktemp("prepared") / "debug"
+    code, out, err = run_cli("data", "debug", "--run-dir", str(root))
+    assert code == 0, err
+    return root
+
+
+@pytest.fixture
+def data_run(debug_data_run, tmp_path) -> Path:
+    """A private copy of the prepared debug run directory."""
+    target = tmp_path / "run"
+    shutil.copytree(debug_data_run, target)
+    return target
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp-" in p.name]

@@ -1,0 +1,65 @@
+"""The debug recipe end to end through the CLI, each stage alone, and re-runs that skip finished work."""
+
+import json
+
+import pytest
+
+from conftest import lmforge_run, run_cli, temporaries
+from lmforge.core.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+
+
+def test_debug_recipe_end_to_end(tmp_path):
+    run_dir = tmp_path / "run"
+    result = lmforge_run("run", "debug", "--run-dir", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for rel in ["recipe.yaml", "stages.json", "data/train.jsonl", "data/val.jsonl", "data/stats.json",
+                "tokenizer/tokenizer.json", "tokens/train/index.json", "tokens/val/index.json",
+                "checkpoints/step_00000020/model.safetensors", "metrics.jsonl", "eval/results.json",
+                "samples.json", "summary.json"]:
+        assert (run_dir / rel).exists(), rel
+    assert temporaries(run_dir) == []
+    # the summary is on stdout and names every headline number
+    for words in ["documents", "tokens", "parameters", "val loss", "val perplexity", "run directory"]:
+        assert words in result.stdout
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["after"]["loss"] < summary["before"]["loss"]
+    assert summary["documents_kept"] <= summary["documents_read"]
+    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    assert steps == list(range(1, 21))
+    # keep_checkpoints=2 with checkpoint_every=10: steps 10 and 20
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
+
+    again = lmforge_run("run", "debug", "--run-dir", str(run_dir), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    for stage in ["curate", "tokenizer", "pack", "train", "eval", "sample"]:
+        assert f"{stage}: already done, skipped" in again.stderr
+
+
+def test_each_stage_alone_on_a_run_directory(data_run):
+    code, _, err = run_cli("train", "--run-dir", str(data_run), "--set", "train.max_steps=6")
+    assert code == 0, err
+    code, out, err = run_cli("eval", "--run-dir", str(data_run))
+    assert code == 0, err
+    assert out.startswith("val loss ") and "step_00000006" in out
+    code, out1, err = run_cli("generate", "--run-dir", str(data_run), "--prompt", "import os\n",
+                              "--temperature", "0", "--max-new-tokens", "12")
+    assert code == 0, err
+    code, out2, _ = run_cli("generate", "--run-dir", str(data_run), "--prompt", "import os\n",
+                            "--temperature", "0", "--max-new-tokens", "12", "--no-cache")
+    assert out1 == out2 and out1.startswith("import os\n")
+
+
+@pytest.mark.parametrize("command", ["run", "data", "train", "eval", "generate"])
+def test_help_on_every_command(command):
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0
+    assert "Usage: lmforge " + command in out and "--set" in out
+
+
+def test_top_level_help_and_version():
+    code, out, _ = run_cli("--help")
+    assert code == 0 and "run" in out and "generate" in out
+    code, out, _ = run_cli("--version")
+    assert code == 0 and "0.1.0" in out

@@ -1,0 +1,69 @@
+"""Exact resume: training killed with SIGKILL (once in the middle of a checkpoint write) and resumed
+gives per-step losses bit-identical to an uninterrupted run."""
+
+import shutil
+import signal
+import time
+
+import pytest
+
+from conftest import lmforge_process, lmforge_run, temporaries
+from lmforge.core.metrics import read_metrics
+
+pytestmark = pytest.mark.integration
+
+# tiny model at batch 2 x 32: fast steps, but checkpoints of ~60 MB that take a while to write
+SETTINGS = ["--set", "model.size=tiny", "--set", "train.max_steps=24", "--set", "train.batch_size=2",
+            "--set", "train.seq_len=32", "--set", "train.checkpoint_every=4", "--set", "train.eval_every=8",
+            "--set", "train.warmup_steps=3", "--set", "train.keep_checkpoints=2"]
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def kill_when(proc, condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before the kill point: {proc.stderr.read()}")
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.0005)
+    proc.kill()
+    raise AssertionError("kill point never reached")
+
+
+def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(data_run, reference)
+    done = lmforge_run("train", "--run-dir", str(reference), *SETTINGS)
+    assert done.returncode == 0, done.stderr
+    expected = losses(reference)
+    assert [s for s, _ in expected] == list(range(1, 25))
+
+    ckpts = data_run / "checkpoints"
+    # 1) killed while a checkpoint folder is being written
+    proc = lmforge_process("train", "--run-dir", str(data_run), *SETTINGS)
+    kill_when(proc, lambda: ckpts.exists() and any(".tmp-" in p.name for p in ckpts.iterdir()))
+    # 2) killed in the middle of training, after resuming
+    proc = lmforge_process("train", "--run-dir", str(data_run), "--resume", *SETTINGS)
+    kill_when(proc, lambda: any(s >= 13 for s, _ in losses(data_run)))
+    # 3) resumed to the end
+    final = lmforge_run("train", "--run-dir", str(data_run), "--resume", *SETTINGS)
+    assert final.returncode == 0, final.stderr
+    assert "resuming from" in final.stderr
+    assert losses(data_run) == expected  # bit-identical floats, every step
+    assert temporaries(data_run) == []
+
+
+def test_train_without_resume_refuses_existing_checkpoints(data_run):
+    first = lmforge_process("train", "--run-dir", str(data_run), *SETTINGS)
+    kill_when(first, lambda: any(s >= 9 for s, _ in losses(data_run)))
+    again = lmforge_run("train", "--run-dir", str(data_run), *SETTINGS)
+    assert again.returncode != 0
+    assert again.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "pass --resume to continue it" in again.stderr
+    assert "Traceback" not in again.stderr

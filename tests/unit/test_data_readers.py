@@ -1,0 +1,115 @@
+import gzip
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from lmforge.data.config import DataConfig, SourceConfig
+from lmforge.data.readers import SourceStats, read_source
+from lmforge.errors import DataError
+
+
+def read(source: SourceConfig, index: int = 0):
+    stats = SourceStats()
+    docs = list(read_source(index, source, stats))
+    return docs, stats
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("alpha text")
+    (tmp_path / "sub" / "b.txt").write_text("beta ünïcode")
+    (tmp_path / "sub" / "c.py").write_text("print('c')\n")
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00def")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / ".hidden.txt").write_text("hidden")
+    return tmp_path
+
+
+def test_text_directory_one_document_per_file_bad_files_counted(tree):
+    docs, stats = read(SourceConfig(kind="text", path=str(tree)))
+    assert [d.id for d in docs] == ["a.txt", "sub/b.txt", "sub/c.py"]
+    assert docs[1].text == "beta ünïcode"
+    assert docs[0].source == f"text:{tree}"
+    assert stats.documents == 3
+    assert stats.bytes == len(b"alpha text") + len("beta ünïcode".encode()) + len(b"print('c')\n")
+    assert stats.skipped == {"binary": 1, "invalid_utf8": 1}
+
+
+def test_files_with_pattern_and_glob_path(tree):
+    docs, _ = read(SourceConfig(kind="files", path=str(tree), pattern="**/*.py"))
+    assert [(d.id, d.text) for d in docs] == [("sub/c.py", "print('c')\n")]
+    docs, stats = read(SourceConfig(kind="files", path=str(tree / "**" / "*.txt")))
+    assert [d.id for d in docs] == ["a.txt", "sub/b.txt"]  # ids relative to the folder before the glob
+    assert stats.skipped == {"binary": 1, "invalid_utf8": 1}
+
+
+def test_single_file_and_max_documents(tree):
+    docs, _ = read(SourceConfig(kind="text", path=str(tree / "sub" / "b.txt")))
+    assert [(d.id, d.text) for d in docs] == [("b.txt", "beta ünïcode")]
+    docs, stats = read(SourceConfig(kind="text", path=str(tree), max_documents=2))
+    assert [d.id for d in docs] == ["a.txt", "sub/b.txt"]
+    assert stats.documents == 2
+
+
+def test_jsonl_records_and_bad_lines_counted_by_reason(tmp_path):
+    lines = [
+        json.dumps({"content": "first"}).encode(),
+        b"{not json",
+        json.dumps({"other": "x"}).encode(),
+        json.dumps({"content": 3}).encode(),
+        json.dumps(["content"]).encode(),
+        b"   ",
+        b'{"content": "caf\xe9"}',
+        b'{"content": "lone \\ud800 surrogate"}',
+        json.dumps({"content": "last\nline ✓"}, ensure_ascii=False).encode(),
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    docs, stats = read(SourceConfig(kind="jsonl", path=str(path), field="content"))
+    assert [(d.id, d.text) for d in docs] == [("d.jsonl:1", "first"), ("d.jsonl:9", "last\nline ✓")]
+    assert stats.skipped == {"invalid_json": 1, "missing_field": 2, "field_not_string": 1, "invalid_utf8": 2}
+    assert stats.documents == 2
+    assert stats.bytes == len("first".encode()) + len("last\nline ✓".encode())
+
+
+def test_jsonl_gzip_and_corrupt_gzip(tmp_path):
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(b'{"text": "zipped"}\n'))
+    (tmp_path / "b.jsonl.gz").write_bytes(b"not gzip at all")
+    docs, stats = read(SourceConfig(kind="jsonl", path=str(tmp_path), pattern="*.jsonl.gz"))
+    assert [(d.id, d.text) for d in docs] == [("a.jsonl.gz:1", "zipped")]
+    assert stats.skipped == {"invalid_gzip": 1}
+
+
+def test_python_stdlib_sorted_py_files_without_site_packages():
+    docs, stats = read(SourceConfig(kind="python-stdlib", max_documents=5))
+    ids = [d.id for d in docs]
+    assert len(ids) == 5 and ids == sorted(ids)
+    assert all(i.endswith(".py") and "site-packages" not in i for i in ids)
+    assert {d.source for d in docs} == {"python-stdlib"}
+    assert stats.documents == 5
+
+
+def test_missing_path_and_empty_glob_name_the_key(tmp_path):
+    with pytest.raises(DataError, match=r"^data\.sources\[2\]\.path: no such file or directory: .*/nope$"):
+        read_source(2, SourceConfig(kind="text", path=str(tmp_path / "nope")), SourceStats())
+    with pytest.raises(DataError, match=r"^data\.sources\[0\]\.path: no files match pattern '\*\.md'"):
+        read_source(0, SourceConfig(kind="files", path=str(tmp_path), pattern="*.md"), SourceStats())
+    with pytest.raises(DataError, match=r"^data\.sources\[1\]\.path: no files match the glob pattern"):
+        read_source(1, SourceConfig(kind="files", path=str(tmp_path / "*.md")), SourceStats())
+
+
+def test_config_requires_path_except_for_stdlib():
+    with pytest.raises(ValidationError, match="path"):
+        SourceConfig(kind="text")
+    with pytest.raises(ValidationError, match="takes no path"):
+        SourceConfig(kind="python-stdlib", path="/x")
+    with pytest.raises(ValidationError):
+        SourceConfig(kind="text", path="/x", bogus=1)
+    with pytest.raises(ValidationError):
+        DataConfig(sources=[])
+    with pytest.raises(ValidationError, match="min_chars"):
+        DataConfig(sources=[SourceConfig(kind="python-stdlib")], min_chars=10, max_chars=5)
+    with pytest.raises(ValidationError):
+        DataConfig(sources=[SourceConfig(kind="python-stdlib")], val_fraction=1.0)
