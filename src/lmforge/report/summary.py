@@ -26,4 +26,7 @@ def print_summary(summary: dict) -> None:
     table.add_row("val perplexity", f"{_fmt(before.get('perplexity'), ',.2f')} -> {_fmt(after.get('perplexity'), ',.2f')}")
     table.add_row("val bits/byte", f"{_fmt(before.get('bits_per_byte'), '.3f')} -> {_fmt(after.get('bits_per_byte'), '.3f')}")
     table.add_row("run directory", summary["run_dir"])
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # logs and pipes: never wrap the run directory path
+    console.print(table)

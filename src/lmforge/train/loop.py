@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -61,7 +62,10 @@ def _check_resumable(path, saved: dict, expected: dict) -> None:
             raise CheckpointError(f"cannot resume from {path}: it was trained with {key}={got} (recipe: {want})")
 
 
-def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool) -> dict:
+def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
+          on_eval: Callable[[int, dict], None] | None = None) -> dict:
+    """Train to ``train.max_steps``; returns a summary. ``on_eval(step, result)`` is called after every
+    validation (hyperparameter search uses it to prune a trial by raising)."""
     tc = cfg.train
     train_data, val_data = TokenShards(run.tokens("train")), TokenShards(run.tokens("val"))
     device = ctx.device
@@ -101,6 +105,8 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool) -> dic
                                max_windows=eval_windows, device=device, ctx=ctx)
         metrics.log(kind="eval", step=step, val_loss=result["loss"], val_perplexity=result["perplexity"],
                     val_bits_per_byte=result["bits_per_byte"])
+        if on_eval is not None:
+            on_eval(step, result)
         return result
 
     if start_step == 0:
@@ -111,76 +117,50 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool) -> dic
 
     last_loss, train_seconds = float("nan"), 0.0
     model.train()
-    with track("train", total=tc.max_steps, unit="step") as bar:
-        bar.advance(start_step)
-        for step in range(start_step, tc.max_steps):
-            t0 = time.perf_counter()
-            lr = warmup_cosine(step, lr=tc.lr, max_steps=tc.max_steps, warmup_steps=tc.warmup_steps,
-                               min_lr_ratio=tc.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+    try:
+        with track("train", total=tc.max_steps, unit="step") as bar:
+            bar.advance(start_step)
+            for step in range(start_step, tc.max_steps):
+                t0 = time.perf_counter()
+                lr = warmup_cosine(step, lr=tc.lr, max_steps=tc.max_steps, warmup_steps=tc.warmup_steps,
+                                   min_lr_ratio=tc.min_lr_ratio)
+                loss, grad_norm, finite = train_step(wrapped, model, optimizer, plan, train_data, step, seq_len,
+                                                     lr, tc.grad_clip, ctx)
+                dt = time.perf_counter() - t0
+                bar.advance(1)
+                if finite:
+                    nonfinite_in_row, last_loss, train_seconds = 0, loss, train_seconds + dt
+                    record = dict(kind="train", step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm,
+                                  tokens=(step + 1) * tokens_per_step, tokens_per_s=tokens_per_step / dt,
+                                  epoch=plan.epoch_of(step + 1), skipped_total=skipped_total)
+                    if peak:
+                        record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * ctx.world_size)
+                    metrics.log(**record)
+                    if (step + 1) % tc.log_every == 0 or step == start_step:
+                        bar.set(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                else:
+                    nonfinite_in_row, skipped_total = nonfinite_in_row + 1, skipped_total + 1
+                    metrics.log(kind="skip", step=step + 1, loss=loss, grad_norm=grad_norm,
+                                skipped_total=skipped_total)
+                    if nonfinite_in_row >= tc.max_nonfinite_in_row:
+                        raise TrainingError(
+                            f"training stopped at step {step + 1}: {nonfinite_in_row} non-finite losses in a row "
+                            f"(train.max_nonfinite_in_row={tc.max_nonfinite_in_row}); try a lower train.lr")
 
-            # forward + backward over the micro-batches; DDP syncs gradients on the last one only
-            micro_batches = plan.micro_batches(step)
-            loss_sum = 0.0
-            for i, indices in enumerate(micro_batches):
-                batch = torch.from_numpy(train_data.windows(indices, seq_len)).to(device)  # (B, T+1)
-                sync = not ctx.distributed or i == len(micro_batches) - 1
-                with wrapped.no_sync() if not sync else contextlib.nullcontext():
-                    loss = wrapped(batch[:, :-1], batch[:, 1:]) / plan.accumulation
-                    loss.backward()
-                loss_sum += float(loss.detach())
-            step_loss = ctx.all_reduce_sum([loss_sum])[0] / ctx.world_size
-
-            # clip; a non-finite loss or gradient on any rank skips the update everywhere
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
-            finite = not ctx.any(not (math.isfinite(step_loss) and math.isfinite(grad_norm)))
-            if finite:
-                optimizer.step()
-                nonfinite_in_row = 0
-            else:
-                nonfinite_in_row += 1
-                skipped_total += 1
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            dt = time.perf_counter() - t0
-            bar.advance(1)
-
-            if finite:
-                train_seconds += dt
-                last_loss = step_loss
-                tokens_per_s = tokens_per_step / dt
-                record = dict(kind="train", step=step + 1, loss=step_loss, lr=lr, grad_norm=grad_norm,
-                              tokens=(step + 1) * tokens_per_step, tokens_per_s=tokens_per_s,
-                              epoch=plan.epoch_of(step + 1), skipped_total=skipped_total)
-                if peak:
-                    record["mfu"] = flops_per_token * tokens_per_s / (peak * ctx.world_size)
-                metrics.log(**record)
-                if (step + 1) % tc.log_every == 0 or step == start_step:
-                    bar.set(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}")
-            else:
-                metrics.log(kind="skip", step=step + 1, loss=step_loss, grad_norm=grad_norm,
-                            skipped_total=skipped_total)
-                if nonfinite_in_row >= tc.max_nonfinite_in_row:
-                    raise TrainingError(
-                        f"training stopped at step {step + 1}: {nonfinite_in_row} non-finite losses in a row "
-                        f"(train.max_nonfinite_in_row={tc.max_nonfinite_in_row}); try a lower train.lr"
-                    )
-
-            done = step + 1 == tc.max_steps
-            if (tc.eval_every and (step + 1) % tc.eval_every == 0) or done:
-                result = run_eval(step + 1)
-                bar.set(loss=f"{last_loss:.4f}", val=f"{result['loss']:.4f}")
-            if (step + 1) % tc.checkpoint_every == 0 or done:
-                if ctx.is_main:
-                    save_checkpoint(run.checkpoint(step + 1), model, optimizer,
-                                    {"step": step + 1, "resume_key": key, "loss": step_loss,
-                                     "nonfinite_in_row": nonfinite_in_row, "skipped_total": skipped_total,
-                                     "tokens": (step + 1) * tokens_per_step})
-                    prune_checkpoints(run.list_checkpoints(), tc.keep_checkpoints)
-                ctx.barrier()
-    metrics.close()
+                done = step + 1 == tc.max_steps
+                if (tc.eval_every and (step + 1) % tc.eval_every == 0) or done:
+                    result = run_eval(step + 1)
+                    bar.set(loss=f"{last_loss:.4f}", val=f"{result['loss']:.4f}")
+                if (step + 1) % tc.checkpoint_every == 0 or done:
+                    if ctx.is_main:
+                        save_checkpoint(run.checkpoint(step + 1), model, optimizer,
+                                        {"step": step + 1, "resume_key": key, "loss": loss,
+                                         "nonfinite_in_row": nonfinite_in_row, "skipped_total": skipped_total,
+                                         "tokens": (step + 1) * tokens_per_step})
+                        prune_checkpoints(run.list_checkpoints(), tc.keep_checkpoints)
+                    ctx.barrier()
+    finally:
+        metrics.close()
     steps_run = tc.max_steps - start_step - skipped_total
     return {
         "steps": tc.max_steps,
@@ -191,3 +171,34 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool) -> dic
         "parameters": count_parameters(model),
     }
 
+
+def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               plan: BatchPlan, data: TokenShards, step: int, seq_len: int, lr: float,
+               grad_clip: float | None, ctx: DistContext) -> tuple[float, float, bool]:
+    """One optimizer update: forward + backward over the micro-batches, clip, step.
+
+    Returns (mean loss over the global batch, gradient norm, whether the update was applied). A
+    non-finite loss or gradient on any rank skips the update on every rank: weights and optimizer
+    state stay exactly as they were.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    micro_batches = plan.micro_batches(step)
+    loss_sum = 0.0
+    for i, indices in enumerate(micro_batches):
+        batch = torch.from_numpy(data.windows(indices, seq_len)).to(ctx.device)  # (B, T+1)
+        last = i == len(micro_batches) - 1
+        # DDP all-reduces gradients on the last micro-batch only
+        with wrapped.no_sync() if ctx.distributed and not last else contextlib.nullcontext():
+            loss = wrapped(batch[:, :-1], batch[:, 1:]) / plan.accumulation
+            loss.backward()
+        loss_sum += float(loss.detach())
+    loss = ctx.all_reduce_sum([loss_sum])[0] / ctx.world_size
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
+    finite = not ctx.any(not (math.isfinite(loss) and math.isfinite(grad_norm)))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ctx.device.type == "cuda":
+        torch.cuda.synchronize(ctx.device)
+    return loss, grad_norm, finite
