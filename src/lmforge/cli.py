@@ -241,6 +241,10 @@ def _sample(run_obj: RunDir, cfg, device) -> None:
     run_obj.mark_done("sample", fp)
 
 
+# --- commands of later stages: each module defines one click command and imports heavy libraries
+# --- inside it, so `lmforge --help` stays fast. Add one line per command here.
+
+
 def main(argv: list[str] | None = None) -> None:
     global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
