@@ -218,27 +218,27 @@ def _train_worker(run_obj: RunDir, cfg, resume: bool) -> None:
 
 
 def _eval(run_obj: RunDir, cfg, device) -> None:
-    from lmforge import pipeline
     from lmforge.evaluate.stage import stage_eval
 
-    fp = pipeline.fingerprint(cfg, "eval")
-    if run_obj.stage_fingerprint("eval") == fp and run_obj.eval_results.exists():
-        progress.info("[dim]eval: already done, skipped[/dim]")
-        return
-    stage_eval(run_obj, cfg, device)
-    run_obj.mark_done("eval", fp)
+    _once(run_obj, cfg, "eval", run_obj.eval_results, lambda: stage_eval(run_obj, cfg, device))
 
 
 def _sample(run_obj: RunDir, cfg, device) -> None:
-    from lmforge import pipeline
     from lmforge.evaluate.stage import stage_sample
 
-    fp = pipeline.fingerprint(cfg, "sample")
-    if run_obj.stage_fingerprint("sample") == fp and run_obj.samples.exists():
-        progress.info("[dim]sample: already done, skipped[/dim]")
+    _once(run_obj, cfg, "sample", run_obj.samples, lambda: stage_sample(run_obj, cfg, device))
+
+
+def _once(run_obj: RunDir, cfg, stage: str, output: Path, work) -> None:
+    """Run a stage unless it already ran with the same recipe and its output is there."""
+    from lmforge import pipeline
+
+    fp = pipeline.fingerprint(cfg, stage)
+    if run_obj.stage_fingerprint(stage) == fp and output.exists():
+        progress.info(f"[dim]{stage}: already done, skipped[/dim]")
         return
-    stage_sample(run_obj, cfg, device)
-    run_obj.mark_done("sample", fp)
+    work()
+    run_obj.mark_done(stage, fp)
 
 
 # --- commands of later stages: each module defines one click command and imports heavy libraries

@@ -28,13 +28,13 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
 
 
-def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` to produce the file, then move it into place atomically."""
-    path = Path(path)
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and rename it to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
     try:
-        write(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -43,6 +43,12 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` to produce the file, then move it into place atomically."""
+    with _replacing(Path(path)) as tmp:
+        write(tmp)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -60,20 +66,8 @@ def atomic_write_json(path: str | Path, obj) -> None:
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator:
     """``with atomic_open(p) as f: f.write(...)``: the file appears at ``p`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    with _replacing(Path(path)) as tmp, open(tmp, mode, **kwargs) as f:
+        yield f
 
 
 @contextlib.contextmanager
