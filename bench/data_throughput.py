@@ -2,8 +2,10 @@
 
     python bench/data_throughput.py [--runs 3] [--max-documents N] [--json OUT]
 
-curate: MB/s of input text through readers + steps + split + write (lmforge.data.curate), against a
-        plain loop that only reads, decodes and writes the same files as JSONL (no cleaning, no split).
+curate: MB/s of input text through readers + every curation step (normalize, control characters, length,
+        code quality rules, PII scrubbing, exact + MinHash dedup) + split + write, in the executor's worker
+        processes (lmforge.data.curate, report files off), against a plain loop that only reads, decodes
+        and writes the same files as JSONL (no cleaning, no split).
 pack:   MB/s of document text encoded and written as token shards (lmforge.data.pack_tokens, parallel
         encode_batch), against a per-document Tokenizer.encode loop writing the same uint16 tokens.
 Figures are medians of --runs runs; progress bars are off while timing.
@@ -67,7 +69,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args()
     progress.set_enabled(False)
-    cfg = DataConfig(sources=[SourceConfig(kind="python-stdlib")], max_documents=args.max_documents)
+    cfg = DataConfig(sources=[SourceConfig(kind="python-stdlib")], max_documents=args.max_documents, report=False)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -100,16 +102,16 @@ def main() -> None:
         "plain_encode_loop_mb_s": mb_docs / t_plain_pack,
     }
     rows = [
-        ("curate (read+steps+split+write)", results["curate_mb_s"], "plain read+write loop",
+        ("curate (read+all steps+split+write)", results["curate_mb_s"], "plain read+write loop",
          results["plain_read_write_mb_s"]),
         ("pack (encode_batch + shards)", results["pack_mb_s"], "per-document encode loop",
          results["plain_encode_loop_mb_s"]),
     ]
     print(f"{results['machine']}; stdlib corpus {mb_in:.1f} MB, {stats['documents_read']} files; "
           f"median of {args.runs} runs; tokenizer ({args.vocab_size} vocab) trained in {t_train_tok:.1f} s")
-    print(f"{'stage':<34}{'lmforge MB/s':>13}  {'peer':<26}{'peer MB/s':>10}{'ratio':>8}")
+    print(f"{'stage':<38}{'lmforge MB/s':>13}  {'peer':<26}{'peer MB/s':>10}{'ratio':>8}")
     for name, ours, peer, theirs in rows:
-        print(f"{name:<34}{ours:>13.2f}  {peer:<26}{theirs:>10.2f}{ours / theirs:>7.2f}x")
+        print(f"{name:<38}{ours:>13.2f}  {peer:<26}{theirs:>10.2f}{ours / theirs:>7.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -14,8 +14,15 @@ def write_jsonl(path, texts, extra_lines=()):
     return path
 
 
+# Rule sets off and no near-duplicate removal: these tests are about reading, counting and splitting
+# (the tiny texts here fail the prose rules, and "document number 3 ..." is a near-duplicate of "... 4 ...").
+RULES_OFF = {name: {"apply_to": "none"} for name in ("gopher_quality", "gopher_repetition", "c4", "fineweb", "code")}
+
+
 def config(path, **kw):
-    return DataConfig(sources=[SourceConfig(kind="jsonl", path=str(path))], min_chars=4, **kw)
+    settings = {"min_chars": 4, "quality": RULES_OFF, "minhash": {"enabled": False}, "report": False, "workers": 1,
+                **kw}
+    return DataConfig(sources=[SourceConfig(kind="jsonl", path=str(path))], **settings)
 
 
 def read_split(out, name):
@@ -38,7 +45,7 @@ def test_stats_exact_on_small_corpus(tmp_path):
     assert stats["skipped"] == {"invalid_json": 1}
     assert stats["sources"][0]["documents"] == 6
     steps = {s["name"]: s for s in stats["steps"]}
-    assert [s["name"] for s in stats["steps"]] == ["normalize", "strip_control", "length", "dedup_exact"]
+    assert [s["name"] for s in stats["steps"]] == ["normalize", "strip_control", "length", "pii", "dedup_exact"]
     assert steps["strip_control"]["changed"] == 1
     assert steps["strip_control"]["bytes_out"] == steps["strip_control"]["bytes_in"] - 1
     assert (steps["length"]["documents_out"], steps["length"]["dropped"]) == (5, {"too_short": 1})
@@ -56,7 +63,9 @@ def test_stats_exact_on_small_corpus(tmp_path):
         assert split["characters"] == sum(len(r["text"]) for r in rows)
     assert [r["text"] for r in train] == ["first doc"]  # the only one with split_score(text, 1) >= 0.5
     assert {r["text"] for r in val} == {t for t in kept if split_score(t, 1) < 0.5}
-    assert sorted(p.name for p in out.iterdir()) == ["stats.json", "train.jsonl", "val.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["skipped.jsonl", "stats.json", "train.jsonl", "val.jsonl"]
+    assert [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()] == [
+        {"source": 0, "file": "in.jsonl", "line": 7, "reason": "invalid_json"}]
 
 
 def val_texts(tmp_path, texts, seed, name):
@@ -108,7 +117,7 @@ def test_too_many_unusable_records_fail_loudly(tmp_path):
         curate(config(path), seed=0, out_dir=tmp_path / "out")  # 2 of 10 > 0.1
     assert str(err.value) == (
         "data.sources[0]: 2 of 10 files or records were unusable (invalid_json=1, missing_field=1), "
-        "more than data.max_skip_fraction=0.1"
+        "more than data.max_skip_fraction=0.1; the first: in.jsonl:9 (invalid_json)"
     )
     assert list((tmp_path / "out").iterdir()) == []
     stats = curate(config(path, max_skip_fraction=0.2), seed=0, out_dir=tmp_path / "out")
@@ -134,3 +143,61 @@ def test_bad_source_path_fails_before_writing(tmp_path):
     with pytest.raises(DataError, match=r"^data\.sources\[1\]\.path: no such file or directory: /no/such$"):
         curate(cfg, seed=0, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_corpus_gives_the_clean_subset_and_logs_each_bad_record(tmp_path):
+    import gzip
+
+    clean = [f"clean record number {i} with enough words" for i in range(40)]
+    folder = tmp_path / "corrupt"
+    folder.mkdir()
+    lines = [json.dumps({"text": t}).encode() for t in clean[:20]]
+    lines[3:3] = [b"{not json", b'{"text": "bad \xff utf8"}', b'{"text": "nul \x00 byte"}', b'{"body": "no text"}']
+    (folder / "a.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    member = gzip.compress(b"".join(json.dumps({"text": t}).encode() + b"\n" for t in clean[20:]))
+    (folder / "b.jsonl.gz").write_bytes(member + gzip.compress(b'{"text": "lost in the cut"}\n' * 50)[:30])
+    clean_path = write_jsonl(tmp_path / "clean.jsonl", clean)
+
+    source = SourceConfig(kind="jsonl", path=str(folder), pattern="*.jsonl*")
+    settings = {"min_chars": 4, "quality": RULES_OFF, "minhash": {"enabled": False}, "report": False,
+                "max_skip_fraction": 0.2}
+    stats = curate(DataConfig(sources=[source], **settings), seed=5, out_dir=tmp_path / "out")
+    curate(DataConfig(sources=[SourceConfig(kind="jsonl", path=str(clean_path))], **settings), seed=5,
+           out_dir=tmp_path / "ref")
+    for name in ("train", "val"):
+        assert [r["text"] for r in read_split(tmp_path / "out", name)] == \
+            [r["text"] for r in read_split(tmp_path / "ref", name)]
+    assert stats["skipped"] == {"invalid_json": 1, "invalid_utf8": 1, "nul_byte": 1, "missing_field": 1,
+                                "truncated_gzip": 1}
+    logged = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    assert [(r["file"], r["line"], r["reason"]) for r in logged] == [
+        ("a.jsonl", 4, "invalid_json"), ("a.jsonl", 5, "invalid_utf8"), ("a.jsonl", 6, "nul_byte"),
+        ("a.jsonl", 7, "missing_field"), ("b.jsonl.gz", 21, "truncated_gzip")]
+    with pytest.raises(DataError, match=r"5 of 45 files or records were unusable .* the first: a.jsonl:4"):
+        curate(DataConfig(sources=[source], **{**settings, "max_skip_fraction": 0.1}), seed=5, out_dir=tmp_path / "x")
+
+
+def test_report_summary_and_histogram(tmp_path):
+    path = write_jsonl(tmp_path / "in.jsonl", corpus(30) + ["mail me at someone@example.org please"])
+    stats = curate(config(path, report=True), seed=0, out_dir=tmp_path / "out")
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| pii | 31 | 31 |" in summary and "email: 1" in summary
+    assert "![document lengths before and after](length_histogram.png)" in summary
+    assert (tmp_path / "out" / "length_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sum(stats["lengths"]["read"]) == 31 and sum(stats["lengths"]["kept"]) == 31
+
+
+def test_progress_bar_per_step_with_documents_per_second(tmp_path, capsys):
+    from lmforge.core import progress
+
+    path = write_jsonl(tmp_path / "in.jsonl", corpus(20))
+    was = progress.is_enabled()
+    progress.set_enabled(True)
+    try:
+        curate(config(path), seed=0, out_dir=tmp_path / "out")
+    finally:
+        progress.set_enabled(was)
+    err = capsys.readouterr().err
+    for step in ("read", "normalize", "strip_control", "length", "pii", "dedup", "write"):
+        assert step in err
+    assert "docs/s" in err

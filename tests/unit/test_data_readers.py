@@ -113,3 +113,73 @@ def test_config_requires_path_except_for_stdlib():
         DataConfig(sources=[SourceConfig(kind="python-stdlib")], min_chars=10, max_chars=5)
     with pytest.raises(ValidationError):
         DataConfig(sources=[SourceConfig(kind="python-stdlib")], val_fraction=1.0)
+
+
+def test_jsonl_zstd_and_truncated_streams_keep_the_clean_part(tmp_path):
+    import zstandard
+
+    lines = b"".join(json.dumps({"text": f"record {i}"}).encode() + b"\n" for i in range(2000))
+    (tmp_path / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    streamer = zstandard.ZstdCompressor().compressobj()  # many blocks, as a streaming writer makes them
+    blocks = b"".join(streamer.compress(lines[i:i + 4096]) + streamer.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+                      for i in range(0, len(lines), 4096)) + streamer.flush()
+    docs, stats = read(SourceConfig(kind="jsonl", path=str(tmp_path / "a.jsonl.zst")))
+    assert len(docs) == 2000 and docs[-1].id == "a.jsonl.zst:2000" and stats.skipped == {}
+    for name, data in (("b.jsonl.gz", gzip.compress(lines)), ("c.jsonl.zst", blocks)):
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        docs, stats = read(SourceConfig(kind="jsonl", path=str(tmp_path / name)))
+        assert 0 < len(docs) < 2000
+        assert [d.text for d in docs] == [f"record {i}" for i in range(len(docs))]  # the records before the cut
+        reason = "truncated_gzip" if name.endswith(".gz") else "truncated_zstd"
+        assert stats.skipped == {reason: 1}
+        assert stats.bad_records == [{"file": name, "line": len(docs) + 1, "reason": reason}]
+
+
+def test_bad_records_are_logged_with_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "good"}\n{bad\n{"text": "nul\x00byte"}\n{"other": 1}\n{"text": "fine too"}\n')
+    docs, stats = read(SourceConfig(kind="jsonl", path=str(path)))
+    assert [d.text for d in docs] == ["good", "fine too"]
+    assert stats.bad_records == [{"file": "d.jsonl", "line": 2, "reason": "invalid_json"},
+                                 {"file": "d.jsonl", "line": 3, "reason": "nul_byte"},
+                                 {"file": "d.jsonl", "line": 4, "reason": "missing_field"}]
+
+
+def test_csv_records_with_labels_and_bad_rows(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b'text,label\n"first, with a comma",pos\n"multi\nline",neg\nno label,\n'
+                     b'bad \xff bytes,pos\ntoo,many,fields\n,neg\nlast,neg\n')
+    docs, stats = read(SourceConfig(kind="csv", path=str(path), label_field="label"))
+    assert [(d.id, d.text, d.label) for d in docs] == [("t.csv:2", "first, with a comma", "pos"),
+                                                      ("t.csv:4", "multi\nline", "neg"), ("t.csv:9", "last", "neg")]
+    assert stats.skipped == {"missing_label": 1, "invalid_utf8": 1, "invalid_csv": 1, "missing_field": 1}
+    assert [r["line"] for r in stats.bad_records] == [5, 6, 7, 8]
+
+
+def test_parquet_records_and_a_corrupt_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"body": ["alpha", None, "gamma"], "y": [1, 0, 1], "extra": [1.0, 2.0, 3.0]}),
+                   tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").write_bytes(b"PAR1 truncated")
+    docs, stats = read(SourceConfig(kind="parquet", path=str(tmp_path), pattern="*.parquet", field="body",
+                                    label_field="y"))
+    assert [(d.id, d.text, d.label) for d in docs] == [("a.parquet:1", "alpha", "1"), ("a.parquet:3", "gamma", "1")]
+    assert stats.skipped == {"missing_field": 1, "invalid_parquet": 1}
+
+
+def test_code_or_prose_by_file_ending_unless_set(tree):
+    docs, _ = read(SourceConfig(kind="files", path=str(tree)))
+    assert {d.id: d.is_code for d in docs} == {"a.txt": False, "sub/b.txt": False, "sub/c.py": True}
+    docs, _ = read(SourceConfig(kind="files", path=str(tree), content="code"))
+    assert all(d.is_code for d in docs)
+    docs, _ = read(SourceConfig(kind="python-stdlib", max_documents=2))
+    assert all(d.is_code for d in docs)
+
+
+def test_label_field_is_for_records_only():
+    with pytest.raises(ValidationError, match="label_field is for record sources"):
+        SourceConfig(kind="text", path="/x", label_field="y")
+    with pytest.raises(ValidationError, match="label_field and field are both 'text'"):
+        SourceConfig(kind="jsonl", path="/x", label_field="text")

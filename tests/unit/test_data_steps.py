@@ -50,11 +50,13 @@ def test_exact_dedup_keeps_first_occurrence():
 def test_steps_compose_and_dedup_sees_normalized_text():
     cfg = DataConfig(sources=[SourceConfig(kind="python-stdlib")], min_chars=2, normalize="NFC")
     steps = build_steps(cfg)
-    assert [s.name for s in steps] == ["normalize", "strip_control", "length", "dedup_exact"]
-    out = list(run_steps(docs("cafe\u0301\r\n", "caf\u00e9\n", "x"), steps))
+    assert [s.name for s in steps] == ["normalize", "strip_control", "length", "quality", "pii"]
+    dedup = ExactDedup()
+    out = list(dedup(run_steps(docs("cafe\u0301\r\n", "caf\u00e9\n", "x"), steps[:3])))
     assert [d.text for d in out] == ["caf\u00e9\n"]
     assert steps[2].stats.dropped == {"too_short": 1}
-    assert steps[3].stats.dropped == {"duplicate": 1}
+    assert dedup.stats.dropped == {"duplicate": 1}
+    rules_off = {name: {"apply_to": "none"} for name in ("gopher_quality", "gopher_repetition", "c4", "fineweb", "code")}
     off = DataConfig(sources=[SourceConfig(kind="python-stdlib")], normalize="none", strip_control=False,
-                     dedup_exact=False)
+                     quality=rules_off, pii={"enabled": False})
     assert [s.name for s in build_steps(off)] == ["length"]

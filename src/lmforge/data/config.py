@@ -1,4 +1,10 @@
-"""Typed configs of the data stage: ``data:``, ``tokenizer:`` and ``pack:`` in a recipe."""
+"""Typed configs of the data stage: ``data:``, ``tokenizer:`` and ``pack:`` in a recipe.
+
+``data`` holds the sources and every curation step in pipeline order: normalize, strip_control, the
+length filter, ``quality`` rule sets, ``pii`` scrubbing (per document, in parallel shards), then exact
+and ``minhash`` near-duplicate removal (across the corpus), the split, ``augment`` (training split only),
+and the optional ``tabular`` cleaning of a numeric table. See each section's class for its keys.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,29 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lmforge.core.config import StrictModel
+from lmforge.data.augment.config import AugmentConfig
+from lmforge.data.pii.config import PiiConfig
+from lmforge.data.quality.config import QualityConfig
+from lmforge.data.tabular.config import TabularConfig
 
-SourceKind = Literal["python-stdlib", "text", "files", "jsonl"]
+SourceKind = Literal["python-stdlib", "text", "files", "jsonl", "csv", "parquet"]
+RECORD_KINDS = ("jsonl", "csv", "parquet")
 
 
 class SourceConfig(StrictModel):
-    """One input: the running interpreter's standard library, text/source files, or JSONL records."""
+    """One input: the running interpreter's standard library, text/source files, or records
+    (JSONL, plain or .gz/.zst; CSV; Parquet) with the text in one field and optionally a label in another."""
 
     kind: SourceKind
     # A file, a directory, or a glob pattern. Required for every kind but python-stdlib.
     path: str | None = Field(default=None, validate_default=True)
-    pattern: str = "**/*"  # glob under a directory ``path`` (kinds text, files, jsonl)
-    field: str = "text"  # jsonl: which field holds the text
+    pattern: str = "**/*"  # glob under a directory ``path``
+    field: str = "text"  # records: which field holds the text
+    label_field: str | None = None  # records: which field holds the label (labelled data), if any
     max_documents: int | None = Field(default=None, ge=1)
+    # Which quality rule sets apply: "code" (code rules), "prose" (Gopher, C4, FineWeb), or "auto":
+    # code for python-stdlib and for files with a source code ending (.py, .c, ...), prose otherwise.
+    content: Literal["auto", "code", "prose"] = "auto"
 
     @field_validator("path")
     @classmethod
@@ -31,6 +47,42 @@ class SourceConfig(StrictModel):
             raise ValueError(f"a path (file, directory or glob pattern) is required for kind {kind!r}")
         return path
 
+    @model_validator(mode="after")
+    def _label_only_for_records(self) -> SourceConfig:
+        if self.label_field is not None and self.kind not in RECORD_KINDS:
+            raise ValueError(f"label_field is for record sources ({', '.join(RECORD_KINDS)}), not {self.kind!r}")
+        if self.label_field is not None and self.label_field == self.field:
+            raise ValueError(f"label_field and field are both {self.field!r}")
+        return self
+
+
+class MinHashConfig(StrictModel):
+    """Near-duplicate removal: MinHash signatures of word n-grams, LSH bands, one document kept per cluster.
+
+    Documents are decided in corpus order: a document is dropped when its estimated Jaccard similarity
+    to an earlier document reaches ``threshold`` (LSH finds the candidates, the signatures confirm), and
+    joins that document's cluster; the first document of each cluster is kept. The default threshold, 0.5
+    on 5-word shingles, finds 98% of the pairs in bench/near_dup_corpus.py (copies with 1-10% of their
+    lines edited) with no false pair; 0.7 (text-dedup's default) finds 80% there (see BENCHMARKS.md).
+    """
+
+    enabled: bool = True
+    ngram: int = Field(default=5, ge=1, le=64)  # shingle size in words
+    num_perm: int = Field(default=128, ge=8, le=1024)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    # LSH layout; both null: chosen from threshold and num_perm (as datasketch does)
+    bands: int | None = Field(default=None, ge=1)
+    rows: int | None = Field(default=None, ge=1)
+    seed: int = 1  # of the hash permutations
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> MinHashConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set both bands and rows, or neither (then they are chosen from threshold)")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands * rows ({self.bands} * {self.rows}) is more than num_perm ({self.num_perm})")
+        return self
+
 
 class DataConfig(StrictModel):
     """Curation: read the sources, clean and filter the documents, split them into train and val."""
@@ -41,12 +93,33 @@ class DataConfig(StrictModel):
     strip_control: bool = True
     min_chars: int = Field(default=32, ge=0)
     max_chars: int = Field(default=1_000_000, ge=1)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
     dedup_exact: bool = True
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
     val_fraction: float = Field(default=0.05, gt=0, lt=1)
     max_documents: int | None = Field(default=None, ge=1)  # cap after filtering, for quick runs
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    tabular: TabularConfig | None = None
     # Fail when more than this fraction of a source's files or records is unusable (binary, undecodable,
     # invalid JSON, ...): skipped input is counted, but a mostly-corrupt source is a mistake, not data.
     max_skip_fraction: float = Field(default=0.1, ge=0, le=1)
+    # Execution: input files are grouped into shards of about this many MB, run by this many worker
+    # processes ("auto": one per CPU core, at most 8); finished shards survive a kill and are reused.
+    workers: int | Literal["auto"] = "auto"
+    shard_mb: float = Field(default=4.0, gt=0)
+    keep_work: bool = False  # keep data/work/ (the per-shard results) after a successful run
+    # Reports: data/dropped.jsonl (every dropped document with its step and reason), and
+    # data/summary.md + data/length_histogram.png.
+    write_dropped: bool = False
+    report: bool = True
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_positive(cls, workers: int | str) -> int | str:
+        if isinstance(workers, int) and workers < 1:
+            raise ValueError(f"workers must be 'auto' or at least 1, got {workers}")
+        return workers
 
     @model_validator(mode="after")
     def _length_range(self) -> DataConfig:

@@ -1,18 +1,16 @@
 """Readers: turn one configured source into a stream of Documents.
 
-Bad input never crashes a run: unreadable, binary (NUL bytes) or undecodable (invalid UTF-8) files and
-invalid JSONL records are counted by reason in ``SourceStats.skipped`` and skipped. A missing path or a
-glob that matches nothing is a DataError naming ``data.sources[i].path``.
+Bad input never crashes a run: unreadable, binary (NUL bytes), undecodable (invalid UTF-8) or truncated
+files and bad records (invalid JSON, a missing field, ...) are counted by reason in
+``SourceStats.skipped`` and logged with file and line in ``SourceStats.bad_records``, and skipped. A
+missing path or a glob that matches nothing is a DataError naming ``data.sources[i].path``.
 """
 
 from __future__ import annotations
 
 import glob
-import gzip
-import json
 import os
 import sysconfig
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,11 +18,12 @@ from itertools import islice
 from pathlib import Path
 
 from lmforge.data.config import SourceConfig
-from lmforge.data.document import Document, utf8_len
+from lmforge.data.document import Document, is_code_path
+from lmforge.data.line_streams import CorruptInput, read_bytes
 from lmforge.errors import DataError
 
 _MAGIC = set("*?[")
-_GZIP_ERRORS = (OSError, EOFError, zlib.error)
+MAX_LOGGED = 1000  # bad records logged with file and line per source and shard; all are counted
 
 
 @dataclass
@@ -34,13 +33,51 @@ class SourceStats:
     documents: int = 0
     bytes: int = 0
     skipped: Counter = field(default_factory=Counter)
+    bad_records: list[dict] = field(default_factory=list)  # {"file", "line", "reason"}, the first MAX_LOGGED
+
+    def skip(self, reason: str, file: str, line: int | None = None) -> None:
+        self.skipped[reason] += 1
+        if len(self.bad_records) < MAX_LOGGED:
+            self.bad_records.append({"file": file, "line": line, "reason": reason})
+
+    def add(self, other: SourceStats) -> None:
+        self.documents += other.documents
+        self.bytes += other.bytes
+        self.skipped.update(other.skipped)
+        self.bad_records += other.bad_records[:max(0, MAX_LOGGED - len(self.bad_records))]
 
     def to_dict(self) -> dict:
         return {"documents": self.documents, "bytes": self.bytes, "skipped": dict(sorted(self.skipped.items()))}
 
+    def to_json(self) -> dict:
+        return {**self.to_dict(), "bad_records": self.bad_records}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SourceStats:
+        return cls(data["documents"], data["bytes"], Counter(data["skipped"]), list(data["bad_records"]))
+
 
 def source_name(source: SourceConfig) -> str:
     return source.kind if source.path is None else f"{source.kind}:{source.path}"
+
+
+def resolve_files(index: int, source: SourceConfig) -> tuple[Path, list[Path]]:
+    """(root that document ids are relative to, sorted files) of ``data.sources[index]``."""
+    if source.kind == "python-stdlib":
+        return stdlib_files()
+    return _resolve_files(f"data.sources[{index}].path", source.path, source.pattern)
+
+
+def read_files(source: SourceConfig, root: Path, files: list[Path], counters: SourceStats) -> Iterator[Document]:
+    """Documents of ``files`` (some or all of one source's), in order, counting into ``counters``."""
+    from lmforge.data.records import read_records  # records import pyarrow lazily; keep this cheap
+
+    name = source_name(source)
+    for path in files:
+        if source.kind in ("jsonl", "csv", "parquet"):
+            yield from read_records(source, root, path, name, counters)
+        else:
+            yield from _read_file(source, root, path, name, counters)
 
 
 def read_source(index: int, source: SourceConfig, counters: SourceStats) -> Iterator[Document]:
@@ -48,16 +85,8 @@ def read_source(index: int, source: SourceConfig, counters: SourceStats) -> Iter
 
     The files are resolved now, so a missing path raises here rather than at the first ``next()``.
     """
-    if source.kind == "python-stdlib":
-        root, files = stdlib_files()
-    else:
-        root, files = _resolve_files(f"data.sources[{index}].path", source.path, source.pattern)
-    name = source_name(source)
-    if source.kind == "jsonl":
-        docs = (d for path in files for d in _read_jsonl(root, path, name, source.field, counters))
-    else:
-        docs = (d for path in files for d in _read_file(root, path, name, counters))
-    return islice(docs, source.max_documents)
+    root, files = resolve_files(index, source)
+    return islice(read_files(source, root, files, counters), source.max_documents)
 
 
 def stdlib_files() -> tuple[Path, list[Path]]:
@@ -101,76 +130,38 @@ def _glob_root(pattern: Path) -> Path:
     return root
 
 
-def _relative_id(root: Path, path: Path) -> str:
+def relative_id(root: Path, path: Path) -> str:
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
         return path.as_posix()
 
 
-def _read_file(root: Path, path: Path, name: str, counters: SourceStats) -> Iterator[Document]:
-    """One document per file."""
+def is_code(source: SourceConfig, doc_id: str) -> bool:
+    if source.content != "auto":
+        return source.content == "code"
+    return source.kind == "python-stdlib" or (source.kind in ("text", "files") and is_code_path(doc_id))
+
+
+def _read_file(source: SourceConfig, root: Path, path: Path, name: str, counters: SourceStats) -> Iterator[Document]:
+    """One document per file (.gz and .zst files are decompressed)."""
+    rel = relative_id(root, path)
     try:
-        data = path.read_bytes()
-    except OSError:
-        counters.skipped["unreadable"] += 1
+        data = read_bytes(path)
+    except CorruptInput as exc:
+        counters.skip(exc.reason, rel)
         return
-    if path.suffix == ".gz":
-        try:
-            data = gzip.decompress(data)
-        except _GZIP_ERRORS:
-            counters.skipped["invalid_gzip"] += 1
-            return
+    except OSError:
+        counters.skip("unreadable", rel)
+        return
     if b"\0" in data:
-        counters.skipped["binary"] += 1
+        counters.skip("binary", rel)
         return
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        counters.skipped["invalid_utf8"] += 1
+        counters.skip("invalid_utf8", rel)
         return
     counters.documents += 1
     counters.bytes += len(data)
-    yield Document(_relative_id(root, path), text, name)
-
-
-def _read_jsonl(root: Path, path: Path, name: str, key: str, counters: SourceStats) -> Iterator[Document]:
-    """One document per non-blank line; the text is in field ``key``."""
-    rel = _relative_id(root, path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                text, reason = _parse_record(line, key)
-                if reason:
-                    counters.skipped[reason] += 1
-                    continue
-                counters.documents += 1
-                counters.bytes += utf8_len(text)
-                yield Document(f"{rel}:{lineno}", text, name)
-    except _GZIP_ERRORS as e:  # a file that cannot be read, or a corrupt gzip stream
-        bad_gzip = path.suffix == ".gz" and not isinstance(e, (FileNotFoundError, PermissionError))
-        counters.skipped["invalid_gzip" if bad_gzip else "unreadable"] += 1
-
-
-def _parse_record(line: bytes, key: str) -> tuple[str | None, str | None]:
-    """(text, None) for a good record, else (None, reason)."""
-    try:
-        record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "invalid_utf8"
-    except json.JSONDecodeError:
-        return None, "invalid_json"
-    if not isinstance(record, dict) or key not in record:
-        return None, "missing_field"
-    text = record[key]
-    if not isinstance(text, str):
-        return None, "field_not_string"
-    try:
-        if not text.isascii():
-            text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate escaped in the JSON ("\ud800")
-        return None, "invalid_utf8"
-    return text, None
+    yield Document(rel, text, name, is_code=is_code(source, rel))

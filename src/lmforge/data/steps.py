@@ -1,8 +1,8 @@
-"""Data steps, all with one streaming interface (datatrove's): an iterator of Documents in, one out.
+"""The per-document steps and their order: normalize, strip control characters, length, quality, PII.
 
-A step implements one hook, ``process(doc)``: it returns the Document to keep (changed or not) or a
-reason string to drop it. ``Step.__call__`` does the streaming and the counting (documents and UTF-8
-bytes in and out, documents changed, drops by reason) into the step's ``StepStats``.
+Each is a ``Step`` (``lmforge.data.streaming``): an iterator of Documents in, one out, drops counted by
+reason. Exact and near-duplicate removal look across the whole corpus, so the executor runs them after
+these steps (``lmforge.data.dedup``); ``ExactDedup`` here is the streaming form for library use.
 """
 
 from __future__ import annotations
@@ -11,56 +11,16 @@ import dataclasses
 import hashlib
 import re
 import unicodedata
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 
 from lmforge.data.config import DataConfig
-from lmforge.data.document import Document, utf8_len
+from lmforge.data.document import Document
+from lmforge.data.pii.step import PiiScrubber
+from lmforge.data.quality.step import QualityFilter
+from lmforge.data.streaming import Step, StepStats, run_steps
 
 # Control characters (Unicode category Cc) other than \t (\x09) and \n (\x0a); \r is turned into \n first.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ASCII_CONTROL = bytes([*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F])
-
-
-@dataclass
-class StepStats:
-    name: str
-    documents_in: int = 0
-    documents_out: int = 0
-    changed: int = 0  # documents whose text the step modified
-    bytes_in: int = 0
-    bytes_out: int = 0
-    dropped: Counter = field(default_factory=Counter)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "dropped": dict(sorted(self.dropped.items()))}
-
-
-class Step:
-    """A streaming step. Subclasses set ``name`` and implement ``process``."""
-
-    name = "step"
-
-    def __init__(self) -> None:
-        self.stats = StepStats(self.name)
-
-    def process(self, doc: Document) -> Document | str:
-        raise NotImplementedError
-
-    def __call__(self, docs: Iterable[Document]) -> Iterator[Document]:
-        stats = self.stats
-        for doc in docs:
-            stats.documents_in += 1
-            stats.bytes_in += utf8_len(doc.text)
-            result = self.process(doc)
-            if isinstance(result, str):
-                stats.dropped[result] += 1
-                continue
-            stats.documents_out += 1
-            stats.bytes_out += utf8_len(result.text)
-            stats.changed += result.text is not doc.text
-            yield result
 
 
 class Normalize(Step):
@@ -135,19 +95,23 @@ class ExactDedup(Step):
 
 
 def build_steps(cfg: DataConfig) -> list[Step]:
-    """The configured steps, in order: normalize, strip control characters, length filter, dedup."""
+    """The per-document steps, in order: normalize, strip control characters, length, quality, PII.
+
+    Exact and MinHash duplicate removal come after them, across the corpus (``lmforge.data.dedup``).
+    """
     steps: list[Step] = []
     if cfg.normalize != "none":
         steps.append(Normalize(cfg.normalize))
     if cfg.strip_control:
         steps.append(StripControl())
     steps.append(LengthFilter(cfg.min_chars, cfg.max_chars))
-    if cfg.dedup_exact:
-        steps.append(ExactDedup())
+    quality = QualityFilter(cfg.quality)
+    if quality.active:
+        steps.append(quality)
+    if cfg.pii.enabled and cfg.pii.kinds:
+        steps.append(PiiScrubber(cfg.pii))
     return steps
 
 
-def run_steps(docs: Iterable[Document], steps: list[Step]) -> Iterator[Document]:
-    for step in steps:
-        docs = step(docs)
-    return iter(docs)
+__all__ = ["ExactDedup", "LengthFilter", "Normalize", "Step", "StepStats", "StripControl", "build_steps",
+           "run_steps"]

@@ -1,0 +1,1 @@
+"""Label-preserving augmentation of the training split (token deletion, swap, insertion; renaming)."""

@@ -1,0 +1,1 @@
+"""Tabular records: numeric columns cleaned, derived and standardized, fit on the training split only."""
