@@ -6,14 +6,19 @@ into the HF model and the logits are checked to match), see the same batches and
 forward + loss + backward + clip_grad_norm + optimizer step + zero_grad. Rounds alternate between the
 contenders, warm-up steps are excluded, and the figure is the median step time over all rounds.
 
-    python bench/train_throughput.py --steps 10 --warmup 3 --repeats 3 [--compile] [--json out.json]
+    python bench/train_throughput.py [--compile] [--vocab 8192] [--threads 1] [--json bench/out/train.json]
+
+Timing on a shared machine is only as good as the machine is quiet: the script reports how much CPU
+other processes used during the timed rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import resource
 import statistics
 import time
 
@@ -58,6 +63,22 @@ def copy_weights_into_hf(ours: Decoder, hf: LlamaForCausalLM) -> None:
         dst.post_attention_layernorm.weight.copy_(src.mlp_norm.weight)
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes on this machine have run (Linux /proc/stat), to report foreign load."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def make_trainer(model: torch.nn.Module, loss_fn, lr: float = 3e-4):
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
 
@@ -81,17 +102,36 @@ def hf_loss(model, x, y):
     return model(input_ids=x, shift_labels=y, labels=y, use_cache=False).loss
 
 
+def time_rounds(contenders: dict, batches: list, steps: int, repeats: int) -> dict[str, dict[str, list[float]]]:
+    """Alternate the contenders ``repeats`` times, ``steps`` steps each; per step: wall seconds, CPU
+    seconds of this process (all threads), and minor page faults (fresh memory the allocator mapped)."""
+    samples = {name: {"wall_s": [], "cpu_s": [], "page_faults": []} for name in contenders}
+    for _ in range(repeats):
+        for name, step in contenders.items():
+            for i in range(steps):
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                cpu, start = own_cpu_seconds(), time.perf_counter()
+                step(*batches[i % len(batches)])
+                samples[name]["wall_s"].append(time.perf_counter() - start)
+                samples[name]["cpu_s"].append(own_cpu_seconds() - cpu)
+                samples[name]["page_faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per contender per round")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per contender per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per contender before the rounds")
+    parser.add_argument("--repeats", type=int, default=10, help="rounds; contenders alternate within each")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--vocab", type=int, default=4096, help="4096: the built-in run's tokenizer")
-    parser.add_argument("--repeats", type=int, default=6, help="rounds; contenders alternate within each")
+    parser.add_argument("--vocab", type=int, default=4096, help="default: the built-in run's tokenizer size")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
-    parser.add_argument("--json", metavar="OUT", help="write the figures to this JSON file")
+    parser.add_argument("--json", metavar="OUT", help="write the figures and every step's times to this file")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
     dims = ModelDims(vocab_size=args.vocab, **SIZES["tiny"])
@@ -110,37 +150,39 @@ def main() -> None:
 
     contenders = {"hf LlamaForCausalLM": make_trainer(hf, hf_loss), "lmforge eager": make_trainer(ours, ours_loss)}
     if args.compile:
-        torch.manual_seed(0)
         compiled = Decoder(dims).train()
         compiled.load_state_dict(ours.state_dict())
         contenders["lmforge compiled"] = make_trainer(torch.compile(compiled), ours_loss)
-
-    for name, step in contenders.items():
+    for step in contenders.values():
         for i in range(args.warmup):
             step(*batches[i % len(batches)])
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(args.repeats):
-        for name, step in contenders.items():
-            for i in range(args.steps):
-                start = time.perf_counter()
-                step(*batches[i % len(batches)])
-                times[name].append(time.perf_counter() - start)
+
+    machine_before, own_before, wall_before = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+    samples = time_rounds(contenders, batches, args.steps, args.repeats)
+    foreign_load = None  # CPU used by other processes during the timed rounds, as a share of all cores
+    if machine_before is not None:
+        foreign = busy_cpu_seconds() - machine_before - (own_cpu_seconds() - own_before)
+        foreign_load = max(0.0, foreign) / ((time.perf_counter() - wall_before) * os.cpu_count())
 
     tokens = args.batch * args.seq
-    rows = {name: {"median_step_s": statistics.median(t), "tokens_per_s": tokens / statistics.median(t)}
-            for name, t in times.items()}
-    hf_rate = rows["hf LlamaForCausalLM"]["tokens_per_s"]
+    rows = {name: {key: statistics.median(values) for key, values in s.items()} for name, s in samples.items()}
+    for row in rows.values():
+        row["tokens_per_s"] = tokens / row["wall_s"]
+        row["ratio_vs_hf"] = row["tokens_per_s"] / rows["hf LlamaForCausalLM"]["tokens_per_s"]
     print(f"tiny decoder ({count_parameters(ours) / 1e6:.2f}M params, vocab {dims.vocab_size}), "
           f"batch {args.batch} x seq {args.seq}, fp32, {torch.get_num_threads()} CPU threads, "
-          f"torch {torch.__version__}, median of {args.steps * args.repeats} steps")
-    print(f"{'contender':<22}{'step (ms)':>11}{'tokens/s':>11}{'vs HF':>8}")
+          f"torch {torch.__version__}; medians of {args.steps * args.repeats} steps each")
+    if foreign_load is not None:
+        print(f"other processes used {foreign_load:.0%} of this machine's CPU during the timed rounds"
+              + (" (figures are unreliable: rerun on a quiet machine)" if foreign_load > 0.05 else ""))
+    print(f"{'contender':<22}{'step (ms)':>11}{'tokens/s':>10}{'vs HF':>8}{'CPU s/step':>12}{'faults/step':>13}")
     for name, row in rows.items():
-        row["ratio_vs_hf"] = row["tokens_per_s"] / hf_rate
-        print(f"{name:<22}{row['median_step_s'] * 1e3:>11.1f}{row['tokens_per_s']:>11.0f}{row['ratio_vs_hf']:>7.2f}x")
+        print(f"{name:<22}{row['wall_s'] * 1e3:>11.1f}{row['tokens_per_s']:>10.0f}{row['ratio_vs_hf']:>7.2f}x"
+              f"{row['cpu_s']:>12.2f}{row['page_faults']:>13.0f}")
     if args.json:
         meta = dict(vars(args), torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor())
         with open(args.json, "w") as f:
-            json.dump({"args": meta, "results": rows}, f, indent=2)
+            json.dump({"args": meta, "foreign_cpu_load": foreign_load, "medians": rows, "steps": samples}, f, indent=1)
 
 
 if __name__ == "__main__":

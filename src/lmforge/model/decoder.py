@@ -3,9 +3,10 @@
 RMSNorm, rotary position embeddings (half-split convention, as in Hugging Face Llama), SwiGLU MLP and
 grouped-query attention through ``scaled_dot_product_attention``. Parallelism is applied from outside.
 
-Speed on CPU comes from doing less work, not different math: q/k/v come from one fused projection,
-gate/up from another, rotary embeddings are applied to q and k in one call, SDPA shares k/v heads
-across query heads itself (``enable_gqa``), and there are no biases and no dtype casts.
+Speed comes from doing less work, not different math: q/k/v come from one fused projection, gate/up
+from another, SDPA shares k/v heads across query heads itself (``enable_gqa``), the loss never
+materialises the full logits, and in eager mode the elementwise parts run as hand-written
+forward/backward pairs (``fused_ops``). No biases, no dtype casts.
 
 Parameter names make weight-decay grouping a matter of string tests: every norm weight contains
 ``norm`` and the token embedding contains ``embed``.
@@ -20,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.model.config import ModelDims
-
-IGNORE_INDEX = -100
+from lmforge.model.fused_ops import IGNORE_INDEX, linear_cross_entropy, rms_norm, rotary_qkv, swiglu
 
 
 class RMSNorm(nn.Module):
@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,42 +41,6 @@ def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tens
     inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, D/2)
     return angles.cos().float(), angles.sin().float()
-
-
-class _Rotary(torch.autograd.Function):
-    """Rotate pairs (x[i], x[i + D/2]) by the angles in cos/sin.
-
-    A rotation's backward is the rotation by minus the angle, so nothing is saved for backward and no
-    temporaries are made: four fused multiply(-add) kernels each way.
-    """
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        cos, sin = ctx.saved_tensors
-        return _rotate(grad_out, cos, -sin), None, None
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)  # (..., T, D/2) each
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, whatever the layout of x
-    out1, out2 = out.chunk(2, dim=-1)
-    torch.mul(x1, cos, out=out1).addcmul_(x2, sin, value=-1.0)  # x1 cos - x2 sin
-    torch.mul(x2, cos, out=out2).addcmul_(x1, sin)  # x2 cos + x1 sin
-    return out
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding of x: (B, heads, T, D) with cos, sin: (T, D/2); returns a contiguous tensor.
-
-    Half-split convention, as Hugging Face Llama's ``rotate_half``, so its checkpoints load without
-    permuting q/k weights.
-    """
-    return _Rotary.apply(x, cos, sin)
 
 
 class KVCache:
@@ -113,10 +77,7 @@ class Attention(nn.Module):
                 cache: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x).view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D), a view
-        qk = apply_rotary(qkv[:, : H + K], cos, sin)  # (B, H + K, T, D): q and k rotated in one go
-        q, k = qk[:, :H], qk[:, H:]  # (B, H, T, D), (B, K, T, D), both contiguous
-        v = qkv[:, H + K:]  # (B, K, T, D)
+        q, k, v = rotary_qkv(self.qkv_proj(x), cos, sin, H, K)  # (B, H, T, D), (B, K, T, D), (B, K, T, D)
 
         mask, is_causal = None, True
         if cache is not None:
@@ -145,8 +106,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(dims.ffn_hidden, dims.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, F) each
-        return self.down_proj(F.silu(gate) * up)  # (B, T, C)
+        return self.down_proj(swiglu(self.gate_up_proj(x)))  # (B, T, 2F) -> (B, T, F) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -161,66 +121,6 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, cache=None, start_pos: int = 0):
         x = x + self.residual_dropout(self.attn(self.attn_norm(x), cos, sin, cache, start_pos))
         return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))  # (B, T, C)
-
-
-def _chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk so that a chunk of logits is about 8 MiB in fp32: it stays in the allocator's
-    reused memory (a 2048 x 8192 logits tensor is 64 MiB of fresh, page-faulting memory every step)."""
-    return max(128, (2 << 20) // vocab_size)
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``x @ weight.T`` against ``targets``, one chunk of rows at a time.
-
-    The gradients are computed in the forward pass while each chunk of logits is at hand
-    (d loss / d logits = softmax - one_hot, over the count of valid targets), so the full (N, V)
-    logits, log-probabilities and their gradient are never materialised. Same FLOPs as the plain path.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, targets):
-        N, V = x.shape[0], weight.shape[0]
-        rows = _chunk_rows(V)
-        valid = targets != IGNORE_INDEX  # (N,)
-        n_valid = valid.sum()
-        scale = valid.to(x.dtype) / n_valid  # (N,): d loss / d (per-row loss)
-        safe_targets = targets.masked_fill(~valid, 0)[:, None]  # (N, 1)
-        grad_x, grad_w = x.new_empty(x.shape), torch.zeros_like(weight)
-        buffer = x.new_empty(min(rows, N), V)
-        loss = x.new_zeros(())
-        for start in range(0, N, rows):
-            end = min(N, start + rows)
-            x_c, t_c, s_c = x[start:end], safe_targets[start:end], scale[start:end, None]
-            logits = torch.mm(x_c, weight.t(), out=buffer[: end - start])  # (n, V)
-            logprobs = torch.log_softmax(logits, dim=-1, out=logits)
-            loss -= (logprobs.gather(1, t_c) * s_c).sum()
-            grad_logits = logprobs.exp_()  # softmax
-            grad_logits.scatter_add_(1, t_c, torch.full_like(s_c, -1.0)).mul_(s_c)  # (softmax - one_hot) * scale
-            torch.mm(grad_logits, weight, out=grad_x[start:end])  # (n, C)
-            grad_w.addmm_(grad_logits.t(), x_c)  # (V, C)
-        ctx.save_for_backward(grad_x, grad_w)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        grad_x, grad_w = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, None
-
-
-def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100), without materialising the logits.
-
-    x: (N, C), weight: (V, C), targets: (N,). Under autocast the plain path is taken (it casts as usual).
-    """
-    if torch.is_autocast_enabled(x.device.type):
-        return F.cross_entropy(F.linear(x, weight), targets, ignore_index=IGNORE_INDEX)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(x, weight, targets)
-    rows, total = _chunk_rows(weight.shape[0]), x.new_zeros(())
-    for start in range(0, x.shape[0], rows):
-        logits = F.linear(x[start:start + rows], weight)  # (n, V)
-        total += F.cross_entropy(logits, targets[start:start + rows], ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / (targets != IGNORE_INDEX).sum()
 
 
 class Decoder(nn.Module):
