@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,25 @@ def data_run(debug_data_run, tmp_path) -> Path:
 
 def temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".tmp-" in p.name]
+
+
+def train_losses(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every training step in a run's metrics.jsonl."""
+    from lmforge.core.metrics import read_metrics
+
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+
+
+def kill_when(proc: subprocess.Popen, condition, timeout: float = 300.0) -> None:
+    """SIGKILL ``proc`` as soon as ``condition()`` holds; fail if the process ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended before the kill point: {proc.stderr.read()}")
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        time.sleep(0.0005)
+    proc.kill()
+    raise AssertionError("kill point never reached")

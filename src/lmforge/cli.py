@@ -243,6 +243,15 @@ def _once(run_obj: RunDir, cfg, stage: str, output: Path, work) -> None:
 
 # --- commands of later stages: each module defines one click command and imports heavy libraries
 # --- inside it, so `lmforge --help` stays fast. Add one line per command here.
+from lmforge.tune.command import tune as _tune_command  # noqa: E402
+
+cli.add_command(_tune_command)
+from lmforge.estimate.command import estimate as _estimate_command  # noqa: E402
+
+cli.add_command(_estimate_command)
+from lmforge.train.compare_command import optimizers as _optimizers_command  # noqa: E402
+
+cli.add_command(_optimizers_command)
 
 
 def main(argv: list[str] | None = None) -> None:

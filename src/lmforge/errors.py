@@ -30,3 +30,7 @@ class TrainingError(LmforgeError):
     """Training cannot go on (for example: too many non-finite losses in a row)."""
 
     exit_code = 3
+
+
+class TuneError(LmforgeError):
+    """A hyperparameter search cannot start: a bad search space, sampler, pruner or storage."""

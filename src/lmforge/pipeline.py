@@ -93,6 +93,25 @@ def stage_data(run: RunDir, cfg: RunConfig) -> None:
         run.mark_done("pack", fingerprint(cfg, "pack"))
 
 
+def check_data_fits(run: RunDir, cfg: RunConfig, error: type[LmforgeError] = LmforgeError) -> None:
+    """Data stages already done in ``run`` must fit the recipe: runs that share its token shards (tuning
+    trials, an optimizer comparison) train on them."""
+    done = run.stages()
+    for stage in ("curate", "tokenizer", "pack"):
+        if stage in done and done[stage].get("fingerprint") != fingerprint(cfg, stage):
+            raise error(f"{run.root}: the recipe's data sections differ from the ones the {stage} stage ran with; "
+                        f"run lmforge data --redo {stage} first, or choose a new run name")
+
+
+def prepare_shared_data(run: RunDir, cfg: RunConfig, error: type[LmforgeError] = LmforgeError) -> None:
+    """The run's curate, tokenizer and pack stages, once, for runs that share its token shards."""
+    check_data_fits(run, cfg, error)
+    run.root.mkdir(parents=True, exist_ok=True)
+    if not run.recipe.exists():
+        atomic_write_text(run.recipe, cfg.to_yaml())
+    stage_data(run, cfg)
+
+
 def documents_kept(stats: dict) -> int:
     return sum(split["documents"] for split in stats["splits"].values())
 

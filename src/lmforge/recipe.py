@@ -16,6 +16,7 @@ from lmforge.errors import RecipeError
 from lmforge.evaluate.config import EvalConfig, GenerateConfig
 from lmforge.model.config import ModelConfig
 from lmforge.train.config import TrainConfig
+from lmforge.tune.config import TuneConfig
 
 BUILTIN_RECIPES = Path(__file__).parent / "recipes"
 
@@ -33,6 +34,7 @@ class RunConfig(StrictModel):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     generate: GenerateConfig = GenerateConfig()
+    tune: TuneConfig = TuneConfig()
 
     def section_hash(self, *sections: str) -> str:
         """A fingerprint of some sections, to tell whether a finished stage is still valid."""

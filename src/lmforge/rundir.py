@@ -128,3 +128,20 @@ class RunDir:
 
     def clean_temporaries(self) -> list[Path]:
         return remove_stale_temporaries(self.root)
+
+
+class SharedDataRunDir(RunDir):
+    """A run directory of its own (recipe, metrics, checkpoints) that reads the tokenizer and token shards
+    of ``parent``: a tuning trial or one run of an optimizer comparison."""
+
+    def __init__(self, root: str | Path, parent: RunDir):
+        super().__init__(root)
+        self.parent = parent
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.parent.tokenizer
+
+    def tokens(self, split: str) -> Path:
+        return self.parent.tokens(split)
+

@@ -2,13 +2,10 @@
 gives per-step losses bit-identical to an uninterrupted run."""
 
 import shutil
-import signal
-import time
 
 import pytest
 
-from conftest import lmforge_process, lmforge_run, temporaries
-from lmforge.core.metrics import read_metrics
+from conftest import kill_when, lmforge_process, lmforge_run, temporaries, train_losses as losses
 
 pytestmark = pytest.mark.integration
 
@@ -16,24 +13,6 @@ pytestmark = pytest.mark.integration
 SETTINGS = ["--set", "model.size=tiny", "--set", "train.max_steps=24", "--set", "train.batch_size=2",
             "--set", "train.seq_len=32", "--set", "train.checkpoint_every=4", "--set", "train.eval_every=8",
             "--set", "train.warmup_steps=3", "--set", "train.keep_checkpoints=2"]
-
-
-def losses(run_dir):
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
-
-
-def kill_when(proc, condition, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended before the kill point: {proc.stderr.read()}")
-        if condition():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        time.sleep(0.0005)
-    proc.kill()
-    raise AssertionError("kill point never reached")
 
 
 def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path):

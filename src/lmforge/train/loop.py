@@ -18,14 +18,24 @@ from lmforge.core.progress import info, track
 from lmforge.data.packing import TokenShards
 from lmforge.distributed.context import DistContext
 from lmforge.errors import CheckpointError, RecipeError, TrainingError
+from lmforge.estimate.parallel import resolve_parallel
 from lmforge.evaluate.perplexity import evaluate_loss
 from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 from lmforge.train.batches import BatchPlan
 from lmforge.train.checkpoint import load_checkpoint, prune_checkpoints, read_state, save_checkpoint
+from lmforge.train.memory import (
+    apply_memory_options,
+    is_out_of_memory,
+    out_of_memory_error,
+    plan_micro_batch,
+    probe_micro_batch,
+    release_memory,
+)
 from lmforge.train.optim import build_optimizer
-from lmforge.train.schedule import warmup_cosine
+from lmforge.train.precision import PrecisionPolicy, precision_policy
+from lmforge.train.schedule import learning_rate
 
 
 def build_model(cfg: RunConfig, vocab_size: int, device: torch.device) -> Decoder:
@@ -44,7 +54,7 @@ def sequence_length(cfg: RunConfig, context_length: int) -> int:
 def resume_key(cfg: RunConfig, model: Decoder, seq_len: int, data_digest: str) -> dict:
     """What must not change between a checkpoint and the run that resumes from it."""
     return {"model": model.dims.to_dict(), "seq_len": seq_len, "batch_size": cfg.train.batch_size,
-            "seed": cfg.seed, "data": data_digest}
+            "seed": cfg.seed, "data": data_digest, "optimizer": cfg.train.optimizer}
 
 
 def shards_digest(shards: TokenShards) -> str:
@@ -65,14 +75,29 @@ def _check_resumable(path, saved: dict, expected: dict) -> None:
 def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
           on_eval: Callable[[int, dict], None] | None = None) -> dict:
     """Train to ``train.max_steps``; returns a summary. ``on_eval(step, result)`` is called after every
-    validation (hyperparameter search uses it to prune a trial by raising)."""
+    validation (hyperparameter search uses it to prune a trial by raising). Memory is released after."""
+    try:
+        return _train(run, cfg, ctx, resume=resume, on_eval=on_eval)
+    finally:
+        release_memory()
+
+
+def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
+           on_eval: Callable[[int, dict], None] | None) -> dict:
     tc = cfg.train
     train_data, val_data = TokenShards(run.tokens("train")), TokenShards(run.tokens("val"))
     device = ctx.device
+    dims = cfg.model.dims(train_data.vocab_size)
+    seq_len = sequence_length(cfg, dims.context_length)
+    policy = precision_policy(tc.precision, device)
+    resolve_parallel(dims, tc.batch_size, dp=ctx.world_size)  # refuses a batch the processes cannot share
+    micro = plan_micro_batch(tc, dims, seq_len, ctx.world_size, device)  # refuses what cannot fit, before any work
     model = build_model(cfg, train_data.vocab_size, device)
-    seq_len = sequence_length(cfg, model.dims.context_length)
-    plan = BatchPlan(train_data.num_windows(seq_len), tc.batch_size, cfg.seed, ctx.rank, ctx.world_size,
-                     tc.micro_batch_size)
+    apply_memory_options(model, tc)  # activation checkpointing, torch.compile: per block, from outside
+    if micro is not None and device.type == "cuda" and tc.micro_batch_size == "auto":
+        micro = probe_micro_batch(lambda m: _probe(model, policy, m, seq_len, device), micro,
+                                  [m for m in range(1, micro + 1) if tc.batch_size // ctx.world_size % m == 0])
+    plan = BatchPlan(train_data.num_windows(seq_len), tc.batch_size, cfg.seed, ctx.rank, ctx.world_size, micro)
     optimizer = build_optimizer(model, tc)
     key = resume_key(cfg, model, seq_len, shards_digest(train_data))
 
@@ -87,6 +112,7 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
             )
         _check_resumable(path, read_state(path, verify=False).get("resume_key", {}), key)
         state = load_checkpoint(path, model, optimizer)
+        policy.load_state_dict(state.get("grad_scaler"))
         start_step = state["step"]
         nonfinite_in_row, skipped_total = state.get("nonfinite_in_row", 0), state.get("skipped_total", 0)
         info(f"resuming from {path} (step {start_step})")
@@ -96,7 +122,7 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
     metrics = MetricsLog(run.metrics, enabled=ctx.is_main, keep_through_step=start_step)
     wrapped = DistributedDataParallel(model) if ctx.distributed else model
     flops_per_token = training_flops_per_token(model.dims, seq_len)
-    peak = peak_flops(device)
+    peak = tc.peak_tflops * 1e12 if tc.peak_tflops else peak_flops(device, policy.dtype)
     tokens_per_step = tc.batch_size * seq_len
     eval_windows = tc.eval_batches * cfg.eval.batch_size
 
@@ -109,23 +135,21 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
             on_eval(step, result)
         return result
 
-    if start_step == 0:
-        run_eval(0)
-    info(f"training {count_parameters(model):,} parameters for {tc.max_steps} steps: {tc.batch_size} x {seq_len} "
-         f"tokens per step, {plan.accumulation} micro-batch(es) of {plan.micro_batch_size} per process, "
-         f"{ctx.world_size} process(es) on {device}")
-
+    info(f"training {count_parameters(model):,} parameters for {tc.max_steps} steps with {tc.optimizer} "
+         f"({tc.precision}): {tc.batch_size} x {seq_len} tokens per step, {plan.accumulation} micro-batch(es) of "
+         f"{plan.micro_batch_size} per process, {ctx.world_size} process(es) on {device}")
     last_loss, train_seconds = float("nan"), 0.0
-    model.train()
     try:
+        if start_step == 0:
+            run_eval(0)
+        model.train()
         with track("train", total=tc.max_steps, unit="step") as bar:
             bar.advance(start_step)
             for step in range(start_step, tc.max_steps):
                 t0 = time.perf_counter()
-                lr = warmup_cosine(step, lr=tc.lr, max_steps=tc.max_steps, warmup_steps=tc.warmup_steps,
-                                   min_lr_ratio=tc.min_lr_ratio)
+                lr = learning_rate(step, tc)
                 loss, grad_norm, finite = train_step(wrapped, model, optimizer, plan, train_data, step, seq_len,
-                                                     lr, tc.grad_clip, ctx)
+                                                     lr, tc.grad_clip, ctx, policy)
                 dt = time.perf_counter() - t0
                 bar.advance(1)
                 if finite:
@@ -135,9 +159,15 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
                                   epoch=plan.epoch_of(step + 1), skipped_total=skipped_total)
                     if peak:
                         record["mfu"] = flops_per_token * record["tokens_per_s"] / (peak * ctx.world_size)
+                    if device.type == "cuda":
+                        record["memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
                     metrics.log(**record)
                     if (step + 1) % tc.log_every == 0 or step == start_step:
                         bar.set(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{record['tokens_per_s']:,.0f}")
+                elif policy.scaler is not None and math.isfinite(loss):  # fp16 overflow: the scaler backs off
+                    skipped_total += 1
+                    metrics.log(kind="skip", step=step + 1, loss=loss, grad_norm=grad_norm,
+                                skipped_total=skipped_total, reason="fp16 gradient overflow")
                 else:
                     nonfinite_in_row, skipped_total = nonfinite_in_row + 1, skipped_total + 1
                     metrics.log(kind="skip", step=step + 1, loss=loss, grad_norm=grad_norm,
@@ -156,9 +186,14 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
                         save_checkpoint(run.checkpoint(step + 1), model, optimizer,
                                         {"step": step + 1, "resume_key": key, "loss": loss,
                                          "nonfinite_in_row": nonfinite_in_row, "skipped_total": skipped_total,
-                                         "tokens": (step + 1) * tokens_per_step})
+                                         "tokens": (step + 1) * tokens_per_step,
+                                         "grad_scaler": policy.state_dict()})
                         prune_checkpoints(run.list_checkpoints(), tc.keep_checkpoints)
                     ctx.barrier()
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory_error(tc, dims, seq_len, plan.micro_batch_size, ctx.world_size, device) from None
     finally:
         metrics.close()
     steps_run = tc.max_steps - start_step - skipped_total
@@ -172,15 +207,16 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
     }
 
 
-def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-               plan: BatchPlan, data: TokenShards, step: int, seq_len: int, lr: float,
-               grad_clip: float | None, ctx: DistContext) -> tuple[float, float, bool]:
+def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer, plan: BatchPlan, data: TokenShards,
+               step: int, seq_len: int, lr: float, grad_clip: float | None, ctx: DistContext,
+               policy: PrecisionPolicy | None = None) -> tuple[float, float, bool]:
     """One optimizer update: forward + backward over the micro-batches, clip, step.
 
     Returns (mean loss over the global batch, gradient norm, whether the update was applied). A
     non-finite loss or gradient on any rank skips the update on every rank: weights and optimizer
     state stay exactly as they were.
     """
+    policy = policy or precision_policy("fp32", ctx.device)
     for group in optimizer.param_groups:
         group["lr"] = lr
     micro_batches = plan.micro_batches(step)
@@ -190,15 +226,29 @@ def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer: torc
         last = i == len(micro_batches) - 1
         # DDP all-reduces gradients on the last micro-batch only
         with wrapped.no_sync() if ctx.distributed and not last else contextlib.nullcontext():
-            loss = wrapped(batch[:, :-1], batch[:, 1:]) / plan.accumulation
-            loss.backward()
+            with policy.autocast():
+                loss = wrapped(batch[:, :-1], batch[:, 1:]) / plan.accumulation
+            policy.backward(loss)
         loss_sum += float(loss.detach())
     loss = ctx.all_reduce_sum([loss_sum])[0] / ctx.world_size
+    policy.unscale(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
     finite = not ctx.any(not (math.isfinite(loss) and math.isfinite(grad_norm)))
-    if finite:
-        optimizer.step()
+    policy.step(optimizer, apply=finite)
     optimizer.zero_grad(set_to_none=True)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
     return loss, grad_norm, finite
+
+
+def _probe(model: torch.nn.Module, policy: PrecisionPolicy, micro: int, seq_len: int, device: torch.device) -> None:
+    """A forward and backward at ``micro`` x ``seq_len`` that leaves weights, gradients and RNG as they were."""
+    rng = torch.cuda.get_rng_state(device)
+    try:
+        tokens = torch.zeros(micro, seq_len + 1, dtype=torch.long, device=device)
+        with policy.autocast():
+            loss = model(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+    finally:
+        model.zero_grad(set_to_none=True)
+        torch.cuda.set_rng_state(rng, device)

@@ -1,0 +1,75 @@
+"""Optimizers end to end: training killed with SIGKILL and resumed gives bit-identical per-step losses with
+every optimizer (Muon: an optimizer chain, Adafactor: factored state) as with AdamW (test_resume.py), and the
+equal-budget comparison writes its table, curves and recommendation and reuses finished runs."""
+
+import json
+import shutil
+
+import pytest
+
+from conftest import kill_when, lmforge_process, lmforge_run, run_cli, temporaries, train_losses as losses
+from lmforge.train.config import OPTIMIZERS
+
+pytestmark = pytest.mark.integration
+
+SETTINGS = ["--set", "train.max_steps=18", "--set", "train.batch_size=4", "--set", "train.seq_len=32",
+            "--set", "train.checkpoint_every=3", "--set", "train.eval_every=6", "--set", "train.warmup_steps=3",
+            "--set", "train.schedule=wsd", "--set", "train.decay_fraction=0.5"]
+
+
+@pytest.mark.parametrize("optimizer", [o for o in OPTIMIZERS if o != "adamw"])  # adamw: test_resume.py
+def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path, optimizer):
+    settings = [*SETTINGS, "--set", f"train.optimizer={optimizer}"]
+    reference = tmp_path / "reference"
+    shutil.copytree(data_run, reference)
+    done = lmforge_run("train", "--run-dir", str(reference), *settings)
+    assert done.returncode == 0, done.stderr
+    expected = losses(reference)
+    assert [s for s, _ in expected] == list(range(1, 19))
+
+    for kill_step in (5, 11):
+        proc = lmforge_process("train", "--run-dir", str(data_run), *settings,
+                               *(["--resume"] if kill_step > 5 else []))
+        kill_when(proc, lambda: any(s >= kill_step for s, _ in losses(data_run)))
+    final = lmforge_run("train", "--run-dir", str(data_run), "--resume", *settings)
+    assert final.returncode == 0, final.stderr
+    assert "resuming from" in final.stderr
+    assert losses(data_run) == expected  # bit-identical floats, every step
+    assert temporaries(data_run) == []
+
+
+def test_resume_with_another_optimizer_is_refused(data_run):
+    assert run_cli("train", "--run-dir", str(data_run), "--set", "train.max_steps=3", "--set",
+                   "train.checkpoint_every=3")[0] == 0
+    code, _, err = run_cli("train", "--run-dir", str(data_run), "--resume", "--set", "train.max_steps=6",
+                           "--set", "train.checkpoint_every=3", "--set", "train.optimizer=lion")
+    assert code != 0 and "it was trained with optimizer=adamw (recipe: lion)" in err.strip().splitlines()[-1]
+
+
+def test_compare_writes_table_curves_and_a_recommendation_with_evidence(data_run):
+    args = ["optimizers", "compare", "--run-dir", str(data_run), "--optimizers", "adamw,lion,muon", "--steps", "6",
+            "--lr-factors", "1,3", "--set", "train.eval_every=3"]
+    code, out, err = run_cli(*args)
+    assert code == 0, err
+    report = data_run / "optimizers"
+    for name in ("results.json", "results.csv", "loss_curves.png", "recommendation.txt"):
+        assert (report / name).stat().st_size > 0, name
+    results = json.loads((report / "results.json").read_text())
+    assert len(results["runs"]) == 6 and {r["optimizer"] for r in results["runs"]} == {"adamw", "lion", "muon"}
+    assert results["settings"]["tokens"] == 6 * 8 * 64  # the same budget for every run
+    assert all(r["steps"] == 6 for r in results["runs"])
+    ranked = [r["best_val_loss"] for r in results["optimizers"]]
+    assert ranked == sorted(ranked)
+    assert results["recommendation"].startswith("recommended: ") and "Evidence: after 3,072 tokens" in out
+    assert (report / "loss_curves.png").read_bytes()[:4] == b"\x89PNG"
+    again = run_cli(*args)
+    assert again[0] == 0 and json.loads((report / "results.json").read_text())["runs"] == results["runs"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--optimizers", "adamw,adamx"], "--optimizers: unknown adamx"),
+    (["--lr-factors", "1,-2"], "give at least one optimizer and positive factors"),
+])
+def test_compare_bad_input_is_one_line(data_run, args, message):
+    code, _, err = run_cli("optimizers", "compare", "--run-dir", str(data_run), *args)
+    assert code != 0 and message in err.strip().splitlines()[-1]
