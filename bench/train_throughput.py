@@ -26,7 +26,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmforge.model.config import SIZES, ModelDims
-from lmforge.model.decoder import Decoder, count_parameters
+from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
 
 
 def hf_llama_like(dims: ModelDims) -> LlamaForCausalLM:
@@ -77,6 +77,33 @@ def busy_cpu_seconds() -> float | None:
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def sgemm_rate(m: int, k: int, n: int, repeats: int = 20) -> float:
+    """This machine's fp32 matmul FLOP/s at one of the step's shapes (median of ``repeats``)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / statistics.median(times)
+
+
+def attention_seconds(dims: ModelDims, batch: int, seq: int, repeats: int = 10) -> float:
+    """Median seconds of the causal SDPA kernel, forward + backward, over all layers (both models call it)."""
+    q = torch.randn(batch, dims.n_heads, seq, dims.head_dim, requires_grad=True)
+    k, v = (torch.randn(batch, dims.n_kv_heads, seq, dims.head_dim, requires_grad=True) for _ in range(2))
+    grad = torch.randn_like(q)
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True).backward(grad)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * dims.n_layers
 
 
 def make_trainer(model: torch.nn.Module, loss_fn, lr: float = 3e-4):
@@ -153,9 +180,11 @@ def main() -> None:
         compiled = Decoder(dims).train()
         compiled.load_state_dict(ours.state_dict())
         contenders["lmforge compiled"] = make_trainer(torch.compile(compiled), ours_loss)
-    for step in contenders.values():
-        for i in range(args.warmup):
-            step(*batches[i % len(batches)])
+    warmup_losses = {name: [step(*batches[i % len(batches)]) for i in range(args.warmup)]
+                     for name, step in contenders.items()}
+    for name, losses in warmup_losses.items():  # same math: the same loss curve, step for step
+        reference = warmup_losses["hf LlamaForCausalLM"]
+        assert all(abs(a - b) < 1e-3 for a, b in zip(losses, reference)), f"{name}: {losses} vs HF {reference}"
 
     machine_before, own_before, wall_before = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
     samples = time_rounds(contenders, batches, args.steps, args.repeats)
@@ -172,6 +201,8 @@ def main() -> None:
     print(f"tiny decoder ({count_parameters(ours) / 1e6:.2f}M params, vocab {dims.vocab_size}), "
           f"batch {args.batch} x seq {args.seq}, fp32, {torch.get_num_threads()} CPU threads, "
           f"torch {torch.__version__}; medians of {args.steps * args.repeats} steps each")
+    print("warm-up losses (identical training): "
+          + ", ".join(f"{name} {' '.join(f'{v:.4f}' for v in losses)}" for name, losses in warmup_losses.items()))
     if foreign_load is not None:
         print(f"other processes used {foreign_load:.0%} of this machine's CPU during the timed rounds"
               + (" (figures are unreliable: rerun on a quiet machine)" if foreign_load > 0.05 else ""))
@@ -179,10 +210,23 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<22}{row['wall_s'] * 1e3:>11.1f}{row['tokens_per_s']:>10.0f}{row['ratio_vs_hf']:>7.2f}x"
               f"{row['cpu_s']:>12.2f}{row['page_faults']:>13.0f}")
+    # The floor: every contender does the same matmuls (6 N FLOPs per token) and calls the same attention
+    # kernel; at this machine's sgemm rate those alone take this long, whatever else a step does.
+    blocks_and_head = training_flops_per_token(dims, args.seq) - 12.0 * dims.n_layers * dims.d_model * args.seq
+    shapes = [(tokens, dims.d_model, 2 * dims.ffn_hidden), (tokens, dims.ffn_hidden, dims.d_model),  # forward, input grad
+              (2 * dims.ffn_hidden, tokens, dims.d_model), (tokens, dims.d_model, dims.vocab_size)]  # weight grad, head
+    rate = max(sgemm_rate(*shape) for shape in shapes)  # the fastest shape: the floor errs low, never high
+    attention_s = attention_seconds(dims, args.batch, args.seq)
+    floor_s = blocks_and_head * tokens / rate + attention_s
+    print(f"floor: {blocks_and_head * tokens / 1e9:.1f} GFLOP of matmuls per step at {rate / 1e9:.0f} GFLOP/s (this "
+          f"machine's best sgemm rate) + {attention_s * 1e3:.0f} ms of SDPA forward + backward = {floor_s * 1e3:.0f} ms: at most "
+          f"{rows['hf LlamaForCausalLM']['wall_s'] / floor_s:.2f}x HF for a step that did nothing else")
     if args.json:
         meta = dict(vars(args), torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.processor())
         with open(args.json, "w") as f:
-            json.dump({"args": meta, "foreign_cpu_load": foreign_load, "medians": rows, "steps": samples}, f, indent=1)
+            json.dump({"args": meta, "foreign_cpu_load": foreign_load, "warmup_losses": warmup_losses,
+                       "medians": rows, "matmul_floor_s": floor_s,
+                       "sgemm_flops": rate, "steps": samples}, f, indent=1)
 
 
 if __name__ == "__main__":
