@@ -70,7 +70,8 @@ def test_sigkill_and_rerun_continues_without_repeating(data_run, tmp_path):
 def test_two_workers_share_one_sqlite_study_without_duplicates(data_run, tmp_path):
     lrs = [3.0e-2, 2.0e-2, 1.0e-2, 5.0e-3, 3.0e-3, 1.0e-3]
     space = {"train.lr": {"type": "categorical", "choices": lrs}}
-    recipe = tune_recipe(tmp_path / "tune.yaml", {**GRID, "space": space}, max_steps=8)
+    # no process dies here: a longer heartbeat keeps a loaded machine from passing a live trial for dead
+    recipe = tune_recipe(tmp_path / "tune.yaml", {**GRID, "space": space, "heartbeat_s": 5}, max_steps=8)
     code, out, err = run_cli("tune", str(recipe), "--run-dir", str(data_run), "--workers", "2")
     assert code == 0, err
     tune_dir = data_run / "tune"

@@ -11,10 +11,11 @@ from optuna.trial import TrialState
 
 import lmforge.train.loop as loop
 from lmforge.recipe import BUILTIN_RECIPES, build_config, read_yaml
-from lmforge.rundir import RunDir
+from lmforge.rundir import RunDir, SharedDataRunDir
 from lmforge.tune.space import check_space
-from lmforge.rundir import SharedDataRunDir
+from lmforge.tune.storage import open_storage
 from lmforge.tune.trial import run_trial
+from lmforge.tune.worker import Budget, run_worker
 
 DEBUG = read_yaml(BUILTIN_RECIPES / "debug.yaml")  # batch 8 x seq_len 64: 512 tokens per step
 SPACE = {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -41,11 +42,15 @@ def fake_train(evals, steps=2, error=None):
     return train
 
 
-def one_trial(monkeypatch, tmp_path, train, pruner=None, params=None):
-    monkeypatch.setattr(loop, "train", train)
+def tune_config():
     raw = copy.deepcopy(DEBUG)
     raw["tune"] = {"space": SPACE}
-    cfg = build_config(raw, "r.yaml")
+    return build_config(raw, "r.yaml")
+
+
+def one_trial(monkeypatch, tmp_path, train, pruner=None, params=None):
+    monkeypatch.setattr(loop, "train", train)
+    cfg = tune_config()
     study = optuna.create_study(pruner=pruner or optuna.pruners.NopPruner())
     study.enqueue_trial(params or {"train.lr": 1e-3, "model.d_model": 64, "model.n_heads": 4})
     trial = study.ask()
@@ -96,3 +101,30 @@ def test_trial_run_dir_reads_the_parent_data(tmp_path):
     assert trial.tokens("train") == parent.tokens("train") and trial.tokenizer == parent.tokenizer
     assert trial.metrics == tmp_path / "run" / "tune" / "trial_00003" / "metrics.jsonl"
     assert trial.checkpoint(4).parent == trial.root / "checkpoints"
+
+
+def test_a_trial_taken_for_dead_by_another_worker_does_not_stop_this_one(monkeypatch, tmp_path):
+    """A stalled worker whose trial another worker marked FAIL (no heartbeat in time) and queued again
+    leaves the result to the retry and goes on with the study."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", heartbeat_s=60)
+    study = optuna.create_study(storage=storage)
+    for _ in range(3):
+        study.enqueue_trial({"train.lr": 1e-3, "model.d_model": 64, "model.n_heads": 4})
+    first = fake_train([(0, 6.2), (2, 5.5)])
+
+    calls = []
+
+    def train(run, cfg, ctx, *, resume, on_eval=None):
+        if not calls:  # the first trial: another worker declares it dead while it trains
+            running = study.get_trials(states=(TrialState.RUNNING,))[0]
+            storage.set_trial_state_values(running._trial_id, state=TrialState.FAIL)
+        calls.append(run.root.name)
+        return first(run, cfg, ctx, resume=resume, on_eval=on_eval)
+
+    monkeypatch.setattr(loop, "train", train)
+    cfg = tune_config()
+    ran = run_worker(study, cfg, check_space(cfg), RunDir(tmp_path / "run"), tmp_path / "tune", worker=0,
+                     budget=Budget(n_trials=2, max_tokens=None), queue_only=False)
+    assert ran == 2  # the two it finished; the stale one is neither counted nor fatal
+    assert calls == ["trial_00000", "trial_00001", "trial_00002"]
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]

@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from lmforge.core.progress import info
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 from lmforge.tune.trial import run_trial
@@ -102,6 +103,7 @@ def _pop_queued(study):
 def run_worker(study, cfg: RunConfig, order: list[str], parent: RunDir, tune_dir: Path, *, worker: int,
                budget: Budget, queue_only: bool, on_trial_end: Callable[[], None] | None = None) -> int:
     """Run trials until the study's budget is used up; returns how many trials this worker ran."""
+    from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
     storage = study._storage
@@ -135,6 +137,11 @@ def run_worker(study, cfg: RunConfig, order: list[str], parent: RunDir, tune_dir
         except KeyboardInterrupt:
             _interrupted(study, trial)
             raise
+        except UpdateFinishedTrialError:
+            # another worker saw no heartbeat within the grace period (a stalled machine), marked this trial
+            # FAIL and queued its values again: the retry owns the result now
+            info(f"trial {trial.number}: marked stale by another worker while it ran; its retry takes over")
+            continue
         study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True)
         ran += 1
         if on_trial_end is not None:
