@@ -59,6 +59,22 @@ def data_run(debug_data_run, tmp_path) -> Path:
     return target
 
 
+# the single-process run every parallel layout is compared with: the debug model, 10 updates of 8 x 64 tokens,
+# gradients clipped at every step (norms are 0.7-1.1), so that clipping by the global norm is tested too
+PARALLEL_BASE = ["train.max_steps=10", "train.batch_size=8", "train.eval_every=5", "train.checkpoint_every=5",
+                 "train.keep_checkpoints=3", "train.grad_clip=0.5"]
+
+
+@pytest.fixture(scope="session")
+def parallel_reference(debug_data_run, tmp_path_factory) -> Path:
+    """The uninterrupted single-process run of PARALLEL_BASE (safetensors checkpoints at steps 5 and 10)."""
+    root = tmp_path_factory.mktemp("reference") / "run"
+    shutil.copytree(debug_data_run, root)
+    code, _, err = run_cli("train", "--run-dir", str(root), *[a for s in PARALLEL_BASE for a in ("--set", s)])
+    assert code == 0, err
+    return root
+
+
 def temporaries(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".tmp-" in p.name]
 

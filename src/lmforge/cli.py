@@ -42,7 +42,27 @@ def _common(func):
 
 def _nproc_option(func):
     return click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-                        help="Train data-parallel in this many processes on this machine (torchrun, DDP).")(func)
+                        help="Train in this many processes on this machine (torchrun); the recipe's parallel: "
+                             "section says how they share the work (default: DDP).")(func)
+
+
+def _launch_options(func):
+    """Multi-node and elastic options of torchrun, for ``lmforge train``."""
+    options = [
+        click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Machines in the job; run the same command on each, with its --node-rank."),
+        click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="This machine's rank; node 0 hosts the rendezvous at --rdzv-endpoint."),
+        click.option("--rdzv-endpoint", metavar="HOST:PORT",
+                     help="Where the nodes meet (torchrun c10d rendezvous): node 0's address and a free port."),
+        click.option("--rdzv-id", help="Job id shared by the nodes (default: lmforge-<recipe name>)."),
+        click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="If a worker fails, torchrun restarts all of them this many times; they resume from "
+                          "the latest checkpoint."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def _resolve(recipe: str | None, run_dir: Path | None, overrides: tuple[str, ...]):
@@ -89,10 +109,11 @@ def run(recipe, overrides, run_dir, nproc, resume, redo):
     from lmforge.report.summary import print_summary
 
     cfg, run_obj = _resolve(recipe, run_dir, overrides)
+    launch = _launch(cfg, nproc)  # the parallel degrees fit the processes: checked before anything is written
     pipeline.prepare(run_obj, cfg, redo=redo, resume=resume)
     progress.info(f"run directory: {run_obj.root}")
     pipeline.stage_data(run_obj, cfg)
-    _train(run_obj, cfg, nproc=nproc, resume=resume)
+    _train(run_obj, cfg, launch, resume=resume)
     device = _device(cfg)
     _eval(run_obj, cfg, device)
     _sample(run_obj, cfg, device)
@@ -114,20 +135,33 @@ def data(recipe, overrides, run_dir, redo):
 @cli.command()
 @_common
 @_nproc_option
+@_launch_options
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint.")
 @click.option("--redo", is_flag=True, help="Discard existing checkpoints and train from the start.")
 @click.option("--worker", is_flag=True, hidden=True)
-def train(recipe, overrides, run_dir, nproc, resume, redo, worker):
-    """Pretrain the model on the packed token shards of a run directory."""
+def train(recipe, overrides, run_dir, nproc, nnodes, node_rank, rdzv_endpoint, rdzv_id, max_restarts, resume, redo,
+          worker):
+    """Pretrain the model on the packed token shards of a run directory.
+
+    On several machines: the same command on each, with --nnodes, --node-rank and --rdzv-endpoint, and
+    the run directory on storage they share.
+    """
     from lmforge import pipeline
+    from lmforge.distributed.context import restarted_by_torchrun
 
     cfg, run_obj = _resolve(recipe, run_dir, overrides)
     if worker:
-        _train_worker(run_obj, cfg, resume)
+        _train_worker(run_obj, cfg, resume or restarted_by_torchrun())
         return
+    launch = _launch(cfg, nproc, nnodes, node_rank, rdzv_endpoint, rdzv_id, max_restarts)
     pipeline.require_tokens(run_obj)
-    pipeline.prepare(run_obj, cfg, redo=("train",) if redo else (), resume=resume)
-    _train(run_obj, cfg, nproc=nproc, resume=resume)
+    if launch.world_size > 1:  # a bad layout, or a damaged checkpoint to resume from: refused before any write
+        from lmforge.train.loop import preflight
+
+        preflight(run_obj, cfg, launch.world_size, resume=resume, checkpoints=resume)
+    if launch.node_rank == 0:  # the other nodes only check: node 0 writes the run directory they share
+        pipeline.prepare(run_obj, cfg, redo=("train",) if redo else (), resume=resume)
+    _train(run_obj, cfg, launch, resume=resume)
 
 
 @cli.command("eval")
@@ -183,21 +217,43 @@ def _device(cfg):
     return pick_device(cfg.train.device)
 
 
-def _train(run_obj: RunDir, cfg, *, nproc: int, resume: bool) -> None:
+def _launch(cfg, nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str | None = None,
+            rdzv_id: str | None = None, max_restarts: int = 0):
+    from lmforge.distributed.context import Launch
+
+    if nnodes > 1 and not rdzv_endpoint:
+        raise LmforgeError(f"--nnodes {nnodes}: give --rdzv-endpoint HOST:PORT (node 0's address and a free port)")
+    if node_rank >= nnodes:
+        raise LmforgeError(f"--node-rank {node_rank}: must be below --nnodes ({nnodes})")
+    if rdzv_endpoint and (":" not in rdzv_endpoint or not rdzv_endpoint.rsplit(":", 1)[1].isdigit()):
+        raise LmforgeError(f"--rdzv-endpoint {rdzv_endpoint}: expected HOST:PORT")
+    launch = Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                    rdzv_id=rdzv_id or f"lmforge-{cfg.name}", max_restarts=max_restarts)
+    from lmforge.distributed.layout import resolve_layout
+
+    resolve_layout(cfg.parallel, launch.world_size)  # the degrees alone; the model is checked once it is known
+    return launch
+
+
+def _train(run_obj: RunDir, cfg, launch, *, resume: bool) -> None:
     from lmforge import pipeline
 
     if run_obj.stage_fingerprint("train") == pipeline.fingerprint(cfg, "train"):
         progress.info("[dim]train: already done, skipped[/dim]")
         return
-    if nproc == 1:
+    if launch.world_size == 1 and launch.max_restarts == 0 and launch.rdzv_endpoint is None:  # in this process
         _train_worker(run_obj, cfg, resume)
         return
     from lmforge.distributed.context import launch_torchrun
+    from lmforge.train.loop import preflight
 
+    layout = preflight(run_obj, cfg, launch.world_size, resume=resume)  # bad layout or checkpoint: before any process
+    progress.info(f"train: {layout.describe()} through torchrun")
     args = ["train", "--run-dir", str(run_obj.root), "--worker"] + (["--resume"] if resume else [])
-    code = launch_torchrun(nproc, args)
+    code = launch_torchrun(launch, args)
     if code != 0:
-        raise LmforgeError(f"training in {nproc} processes failed (exit code {code}); see the messages above")
+        raise LmforgeError(f"training in {launch.world_size} processes failed (exit code {code}); "
+                           "see the messages above")
 
 
 def _train_worker(run_obj: RunDir, cfg, resume: bool) -> None:
@@ -252,6 +308,9 @@ cli.add_command(_estimate_command)
 from lmforge.train.compare_command import optimizers as _optimizers_command  # noqa: E402
 
 cli.add_command(_optimizers_command)
+from lmforge.distributed.export import export as _export_command  # noqa: E402
+
+cli.add_command(_export_command)
 
 
 def main(argv: list[str] | None = None) -> None:

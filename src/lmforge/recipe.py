@@ -12,6 +12,7 @@ from pydantic import Field, ValidationError
 
 from lmforge.core.config import StrictModel
 from lmforge.data.config import DataConfig, PackConfig, TokenizerConfig
+from lmforge.distributed.config import ParallelConfig
 from lmforge.errors import RecipeError
 from lmforge.evaluate.config import EvalConfig, GenerateConfig
 from lmforge.model.config import ModelConfig
@@ -32,6 +33,7 @@ class RunConfig(StrictModel):
     pack: PackConfig = PackConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    parallel: ParallelConfig = ParallelConfig()
     eval: EvalConfig = EvalConfig()
     generate: GenerateConfig = GenerateConfig()
     tune: TuneConfig = TuneConfig()

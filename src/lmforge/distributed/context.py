@@ -1,6 +1,7 @@
-"""The process group a run lives in: one process, or many launched by torchrun.
+"""The process group a run lives in: one process, or many launched by torchrun (one machine or many).
 
-The model stays single-device; data parallelism is applied from outside by wrapping it here.
+The model stays single-device; parallelism is applied from outside (``distributed/parallelize.py``)
+over the device mesh this context carries.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from lmforge.core.device import pick_device
+from lmforge.distributed.layout import Layout, build_mesh
 
 
 @dataclasses.dataclass
@@ -22,6 +24,12 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    layout: Layout = Layout()
+    mesh: object = None  # torch DeviceMesh (dp_replicate, dp_shard, tp) once a layout is set
+
+    def __post_init__(self):
+        if self.layout.world_size != self.world_size:  # no layout given: plain data parallelism over the world
+            self.layout = Layout(dp_replicate=self.world_size)
 
     @property
     def is_main(self) -> bool:
@@ -30,6 +38,25 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    @property
+    def dp_rank(self) -> int:
+        """Which slice of each global batch this process reads (the same for all ranks of a tp group)."""
+        return self.layout.data_rank(self.rank)
+
+    @property
+    def dp_size(self) -> int:
+        return self.layout.dp
+
+    def with_layout(self, layout: Layout) -> DistContext:
+        """This context with ``layout`` and its device mesh (``layout.world_size`` must be the world size)."""
+        if layout.world_size != self.world_size:
+            raise ValueError(f"layout for {layout.world_size} processes in a world of {self.world_size}")
+        mesh = build_mesh(layout, self.device.type) if self.distributed else None
+        if mesh is not None and tuple(mesh.get_coordinate()) != layout.coordinate(self.rank):
+            raise RuntimeError(f"rank {self.rank}: device mesh coordinate {mesh.get_coordinate()} is not the layout's "
+                               f"{layout.coordinate(self.rank)}")  # data_rank() relies on it
+        return dataclasses.replace(self, layout=layout, mesh=mesh)
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         if not self.distributed:
@@ -68,10 +95,45 @@ def shutdown(ctx: DistContext) -> None:
         dist.destroy_process_group()
 
 
-def launch_torchrun(nproc: int, lmforge_args: list[str]) -> int:
-    """Run ``lmforge <args>`` in ``nproc`` processes on this machine through torchrun."""
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-        "-m", "lmforge", *lmforge_args,
-    ]
-    return subprocess.call(cmd)
+def restarted_by_torchrun() -> bool:
+    """True in a worker that torchrun started again after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """How torchrun starts the workers: ``nproc`` per node on ``nnodes`` nodes."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None  # HOST:PORT of node 0, where the rendezvous store runs
+    rdzv_id: str = "lmforge"
+    max_restarts: int = 0
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+    def torchrun_args(self) -> list[str]:
+        args = [f"--nproc-per-node={self.nproc}", f"--max-restarts={self.max_restarts}"]
+        if self.nnodes == 1 and self.rdzv_endpoint is None:
+            return ["--standalone", *args]
+        # c10d rendezvous: node 0 hosts the store at the endpoint (is_host), the others join it; global ranks
+        # are given out by the rendezvous, so --node-rank only says which node hosts
+        return [*args, f"--nnodes={self.nnodes}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={self.rdzv_endpoint}", f"--rdzv-id={self.rdzv_id}",
+                f"--rdzv-conf=is_host={'true' if self.node_rank == 0 else 'false'}"]
+
+
+def launch_torchrun(launch: Launch | int, lmforge_args: list[str]) -> int:
+    """Run ``lmforge <args>`` under torchrun: ``launch.nproc`` workers on this node of ``launch.nnodes``."""
+    if isinstance(launch, int):
+        launch = Launch(nproc=launch)
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch.torchrun_args(), "-m", "lmforge", *lmforge_args]
+    env = dict(os.environ)
+    if launch.max_restarts:
+        # a restarted group sharing the agent's TCPStore can read the previous attempt's addresses and fail to
+        # connect (pytorch/pytorch#135712): each attempt gets a store of its own
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
+    return subprocess.call(cmd, env=env)

@@ -9,6 +9,7 @@ from torch import nn
 
 from lmforge.data.packing import TokenShards
 from lmforge.distributed.context import DistContext
+from lmforge.distributed.parallelize import scalar
 
 
 @torch.no_grad()
@@ -16,24 +17,30 @@ def evaluate_loss(model: nn.Module, shards: TokenShards, seq_len: int, *, batch_
                   max_windows: int | None, device: torch.device, ctx: DistContext | None = None) -> dict:
     """Mean next-token loss over the first ``max_windows`` windows of the split (all of them if None).
 
-    Windows are spread over ranks and the sums reduced, so every rank returns the same figures.
-    Bits per byte converts the per-token loss with the split's bytes-per-token ratio.
+    Windows are spread over the data-parallel ranks and the sums reduced, so every rank returns the same
+    figures. Every rank runs the same number of forward passes (a sharded model's forward is collective):
+    one with fewer windows repeats a window and leaves it out of the sums. Bits per byte converts the
+    per-token loss with the split's bytes-per-token ratio.
     """
     ctx = ctx or DistContext(device=device)
     total = shards.num_windows(seq_len)
     count = total if max_windows is None else min(total, max_windows)
-    mine = list(range(ctx.rank, count, ctx.world_size))
+    mine = list(range(ctx.dp_rank, count, ctx.dp_size))
+    passes = math.ceil(math.ceil(count / ctx.dp_size) / batch_size)  # the same on every rank
     was_training = model.training
     model.eval()
     loss_sum, tokens = 0.0, 0
-    for i in range(0, len(mine), batch_size):
-        batch = torch.from_numpy(shards.windows(mine[i:i + batch_size], seq_len)).to(device)  # (B, T+1)
+    for i in range(0, passes * batch_size, batch_size):
+        indices = mine[i:i + batch_size]
+        batch = torch.from_numpy(shards.windows(indices or [0], seq_len)).to(device)  # (B, T+1)
         loss = model(batch[:, :-1], batch[:, 1:])
-        n = batch[:, 1:].numel()
-        loss_sum += float(loss) * n
-        tokens += n
+        if indices:
+            n = batch[:, 1:].numel()
+            loss_sum += scalar(loss) * n
+            tokens += n
     model.train(was_training)
-    loss_sum, tokens = ctx.all_reduce_sum([loss_sum, float(tokens)])
+    # the tp ranks of a data-parallel rank hold the same sums: count them once
+    loss_sum, tokens = (v / ctx.layout.tp for v in ctx.all_reduce_sum([loss_sum, float(tokens)]))
     if tokens == 0:
         return {"loss": float("nan"), "perplexity": float("nan"), "bits_per_byte": float("nan"), "tokens": 0}
     loss = loss_sum / tokens

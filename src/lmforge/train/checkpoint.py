@@ -110,14 +110,24 @@ def read_state(path: Path, verify: bool = True) -> dict:
                 raise CheckpointError(f"checkpoint {file}: file is missing")
             if sha256_file(file) != digest:
                 raise CheckpointError(f"checkpoint {file}: corrupt or truncated (SHA-256 does not match state.json)")
+        extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != STATE_FILE)
+        if extra:
+            raise CheckpointError(f"checkpoint {path}: unexpected file {extra[0]} (not in the integrity manifest "
+                                  "of state.json)")
     return state
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng_state: bool = True) -> dict:
-    """Verify, then load weights (and optimizer state and RNG) in place; returns the JSON state."""
+    """Verify, then load weights (and optimizer state and RNG) in place; returns the JSON state.
+
+    A sharded (DCP) checkpoint loads too, into this model that is not distributed."""
     path = Path(path)
     state = read_state(path)
+    if state.get("format", "safetensors") != "safetensors":
+        from lmforge.distributed.checkpoint import load_dcp_checkpoint
+
+        return load_dcp_checkpoint(path, model, optimizer, restore_rng_state, verified_state=state)
     try:
         missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
     except (SafetensorError, RuntimeError, OSError) as exc:

@@ -62,29 +62,36 @@ def memory_limit_bytes(cfg: TrainConfig, device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def _parallel(parallel: Parallel | int) -> Parallel:
+    """Degrees of parallelism; a plain number is that many data-parallel replicas."""
+    return Parallel(dp=parallel) if isinstance(parallel, int) else parallel
+
+
 def _estimate(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, accumulation: int, device: torch.device,
-              world_size: int):
+              parallel: Parallel | int):
     return estimate_memory(dims, micro_batch=micro, seq_len=seq_len, optimizer=cfg.optimizer,
                            momentum=_momentum(cfg), precision=cfg.precision,
                            activation_checkpointing=cfg.activation_checkpointing, accumulation=accumulation,
-                           device=device.type, parallel=Parallel(dp=world_size))
+                           device=device.type, parallel=_parallel(parallel))
 
 
 def _momentum(cfg: TrainConfig) -> float:
     return cfg.rmsprop.momentum if cfg.optimizer == "rmsprop" else cfg.sgd.momentum
 
 
-def plan_micro_batch(cfg: TrainConfig, dims: ModelDims, seq_len: int, world_size: int, device: torch.device) -> int | None:
+def plan_micro_batch(cfg: TrainConfig, dims: ModelDims, seq_len: int, parallel: Parallel | int,
+                     device: torch.device) -> int | None:
     """Check before any work that training fits memory; returns the micro-batch to use (None: the
     per-process batch). ``auto`` picks the largest divisor of the per-process batch that fits."""
-    per_rank = cfg.batch_size // world_size  # resolve_parallel has checked that it divides
+    parallel = _parallel(parallel)
+    per_rank = cfg.batch_size // parallel.data_ranks  # the layout check has made sure that it divides
     limit = memory_limit_bytes(cfg, device)
 
     def fits(micro: int) -> bool:
-        est = _estimate(cfg, dims, seq_len, micro, per_rank // micro, device, world_size)
+        est = _estimate(cfg, dims, seq_len, micro, per_rank // micro, device, parallel)
         return est.device_total <= limit
 
-    smallest = _estimate(cfg, dims, seq_len, 1, per_rank, device, world_size)
+    smallest = _estimate(cfg, dims, seq_len, 1, per_rank, device, parallel)
     if smallest.device_total > limit:
         raise RecipeError(
             f"train: even one sequence of {seq_len} tokens per micro-batch needs about "
@@ -109,11 +116,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def out_of_memory_error(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, world_size: int,
+def out_of_memory_error(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, parallel: Parallel | int,
                         device: torch.device) -> TrainingError:
     """One line: what ran out, what the estimator predicted, and what would fit."""
-    per_rank = cfg.batch_size // world_size
-    est = _estimate(cfg, dims, seq_len, micro, per_rank // micro, device, world_size)
+    parallel = _parallel(parallel)
+    per_rank = cfg.batch_size // parallel.data_ranks
+    est = _estimate(cfg, dims, seq_len, micro, per_rank // micro, device, parallel)
     smaller = [m for m in range(1, micro) if per_rank % m == 0]
     hint = (f"try train.micro_batch_size={max(smaller)} (gradient accumulation keeps the batch) or "
             "train.micro_batch_size=auto" if smaller else "try a shorter train.seq_len or a smaller model")

@@ -1,0 +1,138 @@
+"""The parallel layout of a run: degrees checked against the world size, the model and the recipe, then a
+device mesh (``init_device_mesh``) with dims ``(dp_replicate, dp_shard, tp)``, tp innermost.
+
+Rank ``r`` sits at mesh coordinate ``(r // (dp_shard * tp), r // tp % dp_shard, r % tp)``: the ``tp``
+ranks of one tensor-parallel group are neighbours (one node when a node has ``tp`` devices), and
+they read the same data. Data-parallel rank ``r // tp`` of ``dp_replicate * dp_shard`` picks its slice
+of every global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lmforge.distributed.config import AUTO, ParallelConfig
+from lmforge.errors import RecipeError
+from lmforge.estimate.parallel import Parallel
+from lmforge.model.config import ModelDims
+
+MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
+# optimizers whose state is elementwise, so it shards and splits like the parameter it belongs to
+SHARDABLE_OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion")
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    dp_replicate: int = 1
+    dp_shard: int = 1
+    tp: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.dp_replicate * self.dp_shard * self.tp
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: how many different slices of each global batch are read."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters are DTensors (FSDP2 and/or tensor parallel): checkpoints are sharded (DCP)."""
+        return self.dp_shard > 1 or self.tp > 1
+
+    @property
+    def fsdp(self) -> bool:
+        """FSDP2 wraps the model: dp_shard > 1, or replicas of a tensor-parallel model (HSDP)."""
+        return self.dp_shard > 1 or (self.tp > 1 and self.dp_replicate > 1)
+
+    @property
+    def ddp(self) -> bool:
+        return not self.sharded and self.dp_replicate > 1
+
+    def data_rank(self, rank: int) -> int:
+        return rank // self.tp
+
+    def coordinate(self, rank: int) -> tuple[int, int, int]:
+        return rank // (self.dp_shard * self.tp), rank // self.tp % self.dp_shard, rank % self.tp
+
+    def as_parallel(self) -> Parallel:
+        """The same degrees in the estimator's terms."""
+        return Parallel(dp=self.dp_replicate, fsdp=self.dp_shard, tp=self.tp)
+
+    def describe(self) -> str:
+        if self.world_size == 1:
+            return "1 process"
+        parts = []
+        if self.ddp:
+            parts.append(f"DDP x{self.dp_replicate}")
+        elif self.dp_replicate > 1:
+            parts.append(f"HSDP replicas x{self.dp_replicate}")
+        if self.dp_shard > 1:
+            parts.append(f"FSDP2 x{self.dp_shard}")
+        if self.tp > 1:
+            parts.append(f"TP x{self.tp}")
+        return " . ".join(parts) + f" ({self.world_size} processes)"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def resolve_layout(cfg: ParallelConfig, world_size: int, *, dims: ModelDims | None = None,
+                   batch_size: int | None = None, seq_len: int | None = None, optimizer: str | None = None,
+                   precision: str | None = None) -> Layout:
+    """The degrees of ``parallel:`` for ``world_size`` processes, or a one-line error naming the keys.
+
+    Checked: the degrees multiply to the world size; tensor parallelism splits heads, key/value heads, the
+    MLP width, the vocabulary and the sequence evenly, and FSDP2 the model width; the global batch splits
+    over the data-parallel ranks; the optimizer and precision work on sharded parameters.
+    """
+    degrees = {k: getattr(cfg, k) for k in MESH_DIMS}
+    fixed = {k: v for k, v in degrees.items() if v != AUTO}
+    product = 1
+    for v in fixed.values():
+        product *= v
+    auto = [k for k, v in degrees.items() if v == AUTO]
+    if auto:
+        if world_size % product:
+            named = " * ".join(f"parallel.{k}" for k in fixed)
+            raise RecipeError(f"{named} = {product} does not divide the world size {world_size} "
+                              f"(processes: --nproc x --nnodes); parallel.{auto[0]}=-1 takes what the others leave")
+        degrees[auto[0]] = world_size // product
+    layout = Layout(**degrees)
+    if layout.world_size != world_size:
+        shown = " * ".join(str(degrees[k]) for k in MESH_DIMS)
+        raise RecipeError(f"parallel: dp_replicate * dp_shard * tp = {shown} = {layout.world_size} does not match the "
+                          f"world size {world_size} (processes: --nproc x --nnodes)")
+    tp = layout.tp
+    if tp > 1 and dims is not None:
+        for what, count in (("model.n_heads", dims.n_heads), ("model.n_kv_heads", dims.n_kv_heads),
+                            ("model.ffn_hidden", dims.ffn_hidden), ("the vocabulary size", dims.vocab_size)):
+            if count % tp:
+                raise RecipeError(f"parallel.tp={tp} does not divide {what} ({count}): tensor parallelism splits it "
+                                  "evenly over the tp processes")
+    if layout.dp_shard > 1 and dims is not None and dims.d_model % layout.dp_shard:
+        raise RecipeError(f"parallel.dp_shard={layout.dp_shard} does not divide model.d_model ({dims.d_model}): FSDP2 "
+                          "shards the fused q/k/v and gate/up projections on that dimension, and splits it evenly")
+    if tp > 1 and seq_len is not None and seq_len % tp:
+        raise RecipeError(f"parallel.tp={tp} does not divide train.seq_len ({seq_len}): sequence parallelism splits "
+                          "every sequence evenly over the tp processes")
+    if batch_size is not None and batch_size % layout.dp:
+        raise RecipeError(f"train.batch_size: {batch_size} sequences cannot be split evenly over {layout.dp} "
+                          f"data-parallel ranks (parallel.dp_replicate x parallel.dp_shard = "
+                          f"{layout.dp_replicate} x {layout.dp_shard})")
+    if layout.sharded and optimizer is not None and optimizer not in SHARDABLE_OPTIMIZERS:
+        raise RecipeError(f"train.optimizer={optimizer} is not supported with sharded parameters (parallel.dp_shard > 1 "
+                          f"or parallel.tp > 1); use one of {', '.join(SHARDABLE_OPTIMIZERS)}, or plain data "
+                          "parallelism (parallel.dp_replicate)")
+    if layout.sharded and precision == "fp16":
+        raise RecipeError("train.precision=fp16 is not supported with sharded parameters (parallel.dp_shard > 1 or "
+                          "parallel.tp > 1): its gradient scaler is per process; use bf16")
+    return layout
+
+
+def build_mesh(layout: Layout, device_type: str):
+    """The device mesh ``(dp_replicate, dp_shard, tp)`` over all processes (size-1 dims included)."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(device_type, (layout.dp_replicate, layout.dp_shard, layout.tp), mesh_dim_names=MESH_DIMS)

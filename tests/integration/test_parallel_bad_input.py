@@ -1,0 +1,53 @@
+"""Parallel layouts that cannot work, and bad launch options: one `error:` line naming the keys, a non-zero
+exit, no process started and nothing written (the run directory is left as it was)."""
+
+import pytest
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nproc", "2", "--set", "parallel.dp_replicate=1", "--set", "parallel.dp_shard=3"],
+     "error: parallel: dp_replicate * dp_shard * tp = 1 * 3 * 1 = 3 does not match the world size 2 "
+     "(processes: --nproc x --nnodes)"),
+    (["--nproc", "2", "--set", "parallel.dp_shard=4"],
+     "error: parallel.dp_shard * parallel.tp = 4 does not divide the world size 2"),
+    (["--nproc", "4", "--set", "parallel.dp_replicate=1", "--set", "parallel.tp=4"],
+     "error: parallel.tp=4 does not divide model.n_kv_heads (2): tensor parallelism splits it evenly"),
+    (["--nproc", "2", "--set", "parallel.dp_replicate=1", "--set", "parallel.tp=2", "--set", "model.ffn_hidden=171"],
+     "error: parallel.tp=2 does not divide model.ffn_hidden (171)"),
+    (["--nproc", "2", "--set", "parallel.dp_replicate=1", "--set", "parallel.tp=2", "--set", "model.d_model=48",
+      "--set", "model.n_heads=3", "--set", "model.n_kv_heads=3"],
+     "error: parallel.tp=2 does not divide model.n_heads (3)"),
+    (["--nproc", "3"], "error: train.batch_size: 8 sequences cannot be split evenly over 3 data-parallel ranks"),
+    (["--nproc", "2", "--set", "parallel.dp_replicate=1", "--set", "parallel.dp_shard=2",
+      "--set", "train.optimizer=adafactor"], "error: train.optimizer=adafactor is not supported with sharded parameters"),
+    (["--nproc", "2", "--nnodes", "2"], "error: --nnodes 2: give --rdzv-endpoint HOST:PORT"),
+    (["--nproc", "2", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"],
+     "error: --node-rank 2: must be below --nnodes (2)"),
+    (["--nproc", "2", "--nnodes", "2", "--rdzv-endpoint", "127.0.0.1"],
+     "error: --rdzv-endpoint 127.0.0.1: expected HOST:PORT"),
+])
+def test_impossible_layout_is_refused_before_anything_runs(data_run, args, message):
+    before = snapshot(data_run)
+    code, _, err = run_cli("train", "--run-dir", str(data_run), *args)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and lines[-1].startswith(message), err
+    assert "Traceback" not in err
+    assert snapshot(data_run) == before
+
+
+def test_run_refuses_bad_degrees_before_the_data_stage(tmp_path):
+    root = tmp_path / "run"
+    code, _, err = run_cli("run", "debug", "--run-dir", str(root), "--nproc", "2", "--set", "parallel.tp=3")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == ("error: parallel.dp_shard * parallel.tp = 3 does not divide the world "
+                                            "size 2 (processes: --nproc x --nnodes); parallel.dp_replicate=-1 takes "
+                                            "what the others leave")
+    assert not root.exists()
