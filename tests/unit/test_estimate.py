@@ -98,6 +98,19 @@ def test_estimate_command_table_and_json(tmp_path):
     assert report["fit"]["largest"] >= report["fit"]["largest_divisor"] >= 1
 
 
+@pytest.mark.parametrize("args, expected", [
+    (["--set", "parallel.tp=2", "--set", "parallel.dp_replicate=1"], {"dp": 1, "fsdp": 1, "tp": 2, "world_size": 2}),
+    (["--world-size", "4", "--set", "parallel.dp_replicate=1", "--set", "parallel.dp_shard=auto"],
+     {"dp": 1, "fsdp": 4, "tp": 1, "world_size": 4}),
+    (["--world-size", "4"], {"dp": 4, "fsdp": 1, "tp": 1, "world_size": 4}),  # default: DDP over all
+    (["--set", "parallel.tp=2", "--tp", "1"], {"dp": 1, "fsdp": 1, "tp": 1, "world_size": 1}),  # the flag wins
+])
+def test_estimate_takes_the_recipes_parallel_section(args, expected):
+    code, out, err = run_cli("estimate", "debug", "--json", *args)
+    assert code == 0, err
+    assert json.loads(out)["parallel"] == expected
+
+
 def test_estimate_reads_the_vocabulary_of_the_runs_tokenizer(tmp_path):
     from tokenizers import Tokenizer, models
 

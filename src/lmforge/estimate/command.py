@@ -23,9 +23,10 @@ def _common(func):
               help="Memory per device (default: train.memory_limit_gb, the GPU's, or this machine's).")
 @click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="Peak TFLOP/s per device.")
 @click.option("--mfu", type=float, default=0.4, show_default=True, help="Model FLOPs utilization to assume.")
-@click.option("--dp", type=int, help="Data-parallel replicas (default: what --world-size leaves).")
-@click.option("--fsdp", type=int, default=1, show_default=True, help="FSDP (sharded data parallel) degree.")
-@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree.")
+@click.option("--dp", type=int, help="Data-parallel replicas (default: parallel.dp_replicate, or what --world-size "
+                                     "leaves).")
+@click.option("--fsdp", type=int, help="FSDP (sharded data parallel) degree (default: parallel.dp_shard).")
+@click.option("--tp", type=int, help="Tensor-parallel degree (default: parallel.tp).")
 @click.option("--world-size", type=int, help="Devices in all (default: dp * fsdp * tp).")
 def estimate(recipe, overrides, run_dir, as_json, device, gpu, device_memory_gb, peak_tflops, mfu, dp, fsdp, tp,
              world_size):
@@ -62,6 +63,7 @@ def estimate(recipe, overrides, run_dir, as_json, device, gpu, device_memory_gb,
             if peak is None:
                 raise RecipeError(f"--gpu {name}: not in the peak FLOP/s table; give --peak-tflops")
             peak_source = f"{name} {cfg.train.precision} dense peak"
+    dp, fsdp, tp = recipe_degrees(cfg, dp, fsdp, tp, world_size)
     report = build_report(cfg, vocab, device=device, memory_bytes=memory, peak_flops=peak, mfu=mfu, dp=dp,
                           fsdp=fsdp, tp=tp, world_size=world_size)
     report.update(vocab_source=vocab_source, memory_source=memory_source, peak_source=peak_source)
@@ -69,6 +71,21 @@ def estimate(recipe, overrides, run_dir, as_json, device, gpu, device_memory_gb,
         click.echo(json.dumps(report, indent=1))
     else:
         render(report)
+
+
+def recipe_degrees(cfg, dp: int | None, fsdp: int | None, tp: int | None, world_size: int | None):
+    """Degrees not given on the command line come from the recipe's ``parallel:`` section (its -1 / auto
+    degree from --world-size, where given)."""
+    from lmforge.distributed.config import AUTO
+    from lmforge.distributed.layout import resolve_layout
+
+    p = cfg.parallel
+    if world_size is not None and dp is None and fsdp is None and tp is None:
+        layout = resolve_layout(p, world_size)
+        return layout.dp_replicate, layout.dp_shard, layout.tp
+    return (dp if dp is not None else (p.dp_replicate if p.dp_replicate != AUTO else None),
+            fsdp if fsdp is not None else (p.dp_shard if p.dp_shard != AUTO else 1),
+            tp if tp is not None else (p.tp if p.tp != AUTO else 1))
 
 
 def _gib(n: float | None) -> str:
