@@ -6,6 +6,7 @@
 #   NGPU=2 bench/gpu_check.sh --dry-run         # no GPU: CPU processes, gloo, debug model (what CI checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # lmforge from this checkout, installed or not
 PYTHON=${PYTHON:-.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 NGPU=${NGPU:-$(nvidia-smi -L 2>/dev/null | wc -l)}
