@@ -13,13 +13,10 @@ import dataclasses
 
 from lmforge.distributed.config import AUTO, ParallelConfig
 from lmforge.errors import RecipeError
-from lmforge.estimate.parallel import Parallel
+from lmforge.estimate.parallel import Parallel, check_fits
 from lmforge.model.config import ModelDims
 
 MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
-# optimizers whose state is elementwise, so it shards and splits like the parameter it belongs to
-SHARDABLE_OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion")
-
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -104,30 +101,8 @@ def resolve_layout(cfg: ParallelConfig, world_size: int, *, dims: ModelDims | No
         shown = " * ".join(str(degrees[k]) for k in MESH_DIMS)
         raise RecipeError(f"parallel: dp_replicate * dp_shard * tp = {shown} = {layout.world_size} does not match the "
                           f"world size {world_size} (processes: --nproc x --nnodes)")
-    tp = layout.tp
-    if tp > 1 and dims is not None:
-        for what, count in (("model.n_heads", dims.n_heads), ("model.n_kv_heads", dims.n_kv_heads),
-                            ("model.ffn_hidden", dims.ffn_hidden), ("the vocabulary size", dims.vocab_size)):
-            if count % tp:
-                raise RecipeError(f"parallel.tp={tp} does not divide {what} ({count}): tensor parallelism splits it "
-                                  "evenly over the tp processes")
-    if layout.dp_shard > 1 and dims is not None and dims.d_model % layout.dp_shard:
-        raise RecipeError(f"parallel.dp_shard={layout.dp_shard} does not divide model.d_model ({dims.d_model}): FSDP2 "
-                          "shards the fused q/k/v and gate/up projections on that dimension, and splits it evenly")
-    if tp > 1 and seq_len is not None and seq_len % tp:
-        raise RecipeError(f"parallel.tp={tp} does not divide train.seq_len ({seq_len}): sequence parallelism splits "
-                          "every sequence evenly over the tp processes")
-    if batch_size is not None and batch_size % layout.dp:
-        raise RecipeError(f"train.batch_size: {batch_size} sequences cannot be split evenly over {layout.dp} "
-                          f"data-parallel ranks (parallel.dp_replicate x parallel.dp_shard = "
-                          f"{layout.dp_replicate} x {layout.dp_shard})")
-    if layout.sharded and optimizer is not None and optimizer not in SHARDABLE_OPTIMIZERS:
-        raise RecipeError(f"train.optimizer={optimizer} is not supported with sharded parameters (parallel.dp_shard > 1 "
-                          f"or parallel.tp > 1); use one of {', '.join(SHARDABLE_OPTIMIZERS)}, or plain data "
-                          "parallelism (parallel.dp_replicate)")
-    if layout.sharded and precision == "fp16":
-        raise RecipeError("train.precision=fp16 is not supported with sharded parameters (parallel.dp_shard > 1 or "
-                          "parallel.tp > 1): its gradient scaler is per process; use bf16")
+    check_fits(layout.dp_replicate, layout.dp_shard, layout.tp, dims=dims, batch_size=batch_size, seq_len=seq_len,
+               optimizer=optimizer, precision=precision)
     return layout
 
 
