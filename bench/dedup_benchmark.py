@@ -16,7 +16,6 @@ quality:    pairwise precision / recall / F1 on the labelled corpus of bench/nea
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -80,7 +79,7 @@ def datasketch_dedup(docs: list[str], cfg: MinHashConfig, bands: int, rows: int)
     return labels
 
 
-def median_seconds(fn, runs: int) -> list[float]:
+def timings(fn, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -109,8 +108,8 @@ def main() -> None:
     mb = sum(len(t.encode()) for t in corpus) / 1e6
     ours, theirs = [], []
     for _ in range(args.runs):  # interleaved, so both see the same machine load
-        ours += median_seconds(lambda: lmforge_dedup(corpus, cfg), 1)
-        theirs += median_seconds(lambda: datasketch_dedup(corpus, cfg, bands, rows), 1)
+        ours += timings(lambda: lmforge_dedup(corpus, cfg), 1)
+        theirs += timings(lambda: datasketch_dedup(corpus, cfg, bands, rows), 1)
     t_ours, t_theirs = statistics.median(ours), statistics.median(theirs)
 
     docs, truth = build_corpus(args.bases, seed=0)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import random
 import re
-import sysconfig
 from collections.abc import Iterator
-from pathlib import Path
+
+from lmforge.data.readers import stdlib_files
 
 _WORDS = re.compile(r"\w+")
 LICENSE = """# Copyright (c) 2024 The Example Project Authors. All rights reserved.
@@ -66,8 +66,7 @@ def jaccard(a: set, b: set) -> float:
 
 def _stdlib_texts(rng: random.Random, min_chars: int, max_chars: int) -> Iterator[str]:
     """Standard library files of a moderate size, in an order chosen by ``rng``."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    paths = sorted(p for p in root.rglob("*.py") if "site-packages" not in p.parts)
+    _, paths = stdlib_files()
     rng.shuffle(paths)
     for path in paths:
         try:

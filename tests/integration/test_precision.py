@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli
-from lmforge.core.metrics import read_metrics
+from conftest import run_cli, train_losses as step_losses
 from lmforge.model.decoder import Decoder
 
 pytestmark = pytest.mark.integration
@@ -17,7 +16,7 @@ SHORT = ["--set", "train.max_steps=4", "--set", "train.eval_every=0", "--set", "
 
 
 def train_losses(run_dir):
-    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    return [loss for _, loss in step_losses(run_dir)]
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

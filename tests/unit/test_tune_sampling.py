@@ -1,17 +1,14 @@
 """Sampling a space with conditional parameters, the grid, and applying values like ``--set``."""
 
-import copy
-
 import optuna
 import pytest
 import yaml
 
+from tune_recipes import tune_config as config
 from lmforge.errors import RecipeError
-from lmforge.recipe import BUILTIN_RECIPES, build_config, read_yaml
 from lmforge.tune.space import apply_params, check_space, grid_points, suggest, yaml_text
 from lmforge.tune.strategy import queue_grid
 
-DEBUG = read_yaml(BUILTIN_RECIPES / "debug.yaml")
 SPACE = {
     "train.beta1": {"type": "float", "low": 0.8, "high": 0.9, "step": 0.05, "when": {"model.n_layers": 3}},
     "model.n_layers": {"type": "categorical", "choices": [1, 3]},
@@ -19,12 +16,6 @@ SPACE = {
     "train.warmup_steps": {"type": "int", "low": 0, "high": 12, "step": 4},
     "train.max_steps": {"type": "int", "low": 10, "high": 20, "when": {"model.n_layers": 1}},
 }
-
-
-def config(space, **tune):
-    raw = copy.deepcopy(DEBUG)
-    raw["tune"] = {"space": space, **tune}
-    return build_config(raw, "r.yaml")
 
 
 def test_conditions_come_first_and_inactive_parameters_are_not_sampled():

@@ -5,20 +5,14 @@ import threading
 
 import pytest
 
+from tune_recipes import DEBUG, tune_config as config
 from lmforge.errors import RecipeError, TuneError
-from lmforge.recipe import BUILTIN_RECIPES, build_config, load_recipe, read_yaml
+from lmforge.recipe import build_config, load_recipe
 from lmforge.tune import storage as tune_storage
 from lmforge.tune.space import check_space, grid_points
 from lmforge.tune.strategy import check_strategy
 
-DEBUG = read_yaml(BUILTIN_RECIPES / "debug.yaml")
 LR = {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}
-
-
-def config(space, **tune):
-    raw = copy.deepcopy(DEBUG)
-    raw["tune"] = {"space": space, **tune}
-    return build_config(raw, "r.yaml")
 
 
 @pytest.mark.parametrize("param, message", [

@@ -52,7 +52,7 @@ def run_study(run: RunDir, cfg: RunConfig, *, workers: int = 1, tune_dir: Path |
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tune_dir = Path(tune_dir or run.root / "tune")
-    pipeline.check_data_fits(run, cfg, TuneError)
+    pipeline.check_data_fits(run, cfg, TuneError)  # before plan_study creates the tune folder
     plan = plan_study(cfg, tune_dir)
     pipeline.prepare_shared_data(run, cfg, TuneError)
     storage = open_storage(plan.url, cfg.tune.heartbeat_s)
@@ -80,13 +80,12 @@ def run_worker_process(run: RunDir, cfg: RunConfig, tune_dir: Path, worker: int)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    order = check_space(cfg)
-    grid = grid_points(cfg.tune.space, order) if cfg.tune.sampler.kind == "grid" else None
-    url = storage_url(cfg, tune_dir)
-    storage = open_storage(url, cfg.tune.heartbeat_s)
-    study = open_study(cfg, storage, url, build_sampler(cfg, worker), build_pruner(cfg), create=False)
-    budget = Budget(planned_trials(cfg, grid), cfg.tune.max_tokens)
-    return run_worker(study, cfg, order, run, tune_dir, worker=worker, budget=budget, queue_only=grid is not None)
+    plan = plan_study(cfg, tune_dir)
+    storage = open_storage(plan.url, cfg.tune.heartbeat_s)
+    study = open_study(cfg, storage, plan.url, build_sampler(cfg, worker), build_pruner(cfg), create=False)
+    budget = Budget(plan.trials, cfg.tune.max_tokens)
+    return run_worker(study, cfg, plan.order, run, tune_dir, worker=worker, budget=budget,
+                      queue_only=plan.grid is not None)
 
 
 def _run_worker_processes(run: RunDir, cfg: RunConfig, tune_dir: Path, workers: int, view) -> list[str]:
