@@ -63,3 +63,13 @@ def test_top_level_help_and_version():
     assert code == 0 and "run" in out and "generate" in out
     code, out, _ = run_cli("--version")
     assert code == 0 and "0.1.0" in out
+
+
+def test_export_of_the_current_folder_writes_beside_the_run(data_run, monkeypatch):
+    assert run_cli("train", "--run-dir", str(data_run), "--set", "train.max_steps=2",
+                   "--set", "train.checkpoint_every=2")[0] == 0
+    monkeypatch.chdir(data_run / "checkpoints" / "step_00000002")
+    code, out, err = run_cli("export", "--checkpoint", ".")
+    assert code == 0, err
+    assert (data_run / "export" / "step_00000002.safetensors").is_file()
+    assert "exported step 2 (safetensors)" in out

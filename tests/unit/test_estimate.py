@@ -130,6 +130,9 @@ def test_estimate_reads_the_vocabulary_of_the_runs_tokenizer(tmp_path):
     (["--mfu", "1.5"], "--mfu: must be in (0, 1]"),
     (["--gpu", "Z80"], "not in the peak FLOP/s table"),
     (["--set", "train.seq_len=4096"], "exceeds the model context length"),
+    (["--device-memory-gb", "inf"], "'--device-memory-gb': inf is not in the range"),
+    (["--mfu", "nan"], "--mfu: must be in (0, 1], got nan"),
+    (["--set", "train.memory_limit_gb=inf"], "train.memory_limit_gb: Input should be a finite number"),
 ])
 def test_bad_estimate_inputs_are_one_line_errors(args, message):
     code, _, err = run_cli("estimate", "debug", *args)

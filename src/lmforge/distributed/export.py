@@ -57,6 +57,7 @@ def export(recipe, overrides, run_dir, checkpoint, output):
     if checkpoint is None:
         _, run_obj = _resolve(recipe, run_dir, overrides)
         checkpoint = pick_checkpoint(run_obj, None)
+    checkpoint = checkpoint.resolve()  # "." names no folder: its output would have no name
     result = export_checkpoint(checkpoint, output or default_output(checkpoint))
     click.echo(f"exported step {result['step']} ({result['source_format']}): {result['tensors']} tensors, "
                f"{result['parameters']:,} parameters -> {result['output']}")

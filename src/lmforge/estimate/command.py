@@ -19,9 +19,9 @@ def _common(func):
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON instead of tables.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device to plan for (default: the recipe's).")
 @click.option("--gpu", help="GPU name for the peak FLOP/s table, e.g. H100, A100, L4 (implies --device cuda).")
-@click.option("--device-memory-gb", type=click.FloatRange(min=0, min_open=True),
+@click.option("--device-memory-gb", type=click.FloatRange(min=0, min_open=True, max=1e9),
               help="Memory per device (default: train.memory_limit_gb, the GPU's, or this machine's).")
-@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True), help="Peak TFLOP/s per device.")
+@click.option("--peak-tflops", type=click.FloatRange(min=0, min_open=True, max=1e9), help="Peak TFLOP/s per device.")
 @click.option("--mfu", type=float, default=0.4, show_default=True, help="Model FLOPs utilization to assume.")
 @click.option("--dp", type=int, help="Data-parallel replicas (default: parallel.dp_replicate, or what --world-size "
                                      "leaves).")
