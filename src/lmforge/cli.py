@@ -155,13 +155,15 @@ def train(recipe, overrides, run_dir, nproc, nnodes, node_rank, rdzv_endpoint, r
         return
     launch = _launch(cfg, nproc, nnodes, node_rank, rdzv_endpoint, rdzv_id, max_restarts)
     pipeline.require_tokens(run_obj)
+    layout = None
     if launch.world_size > 1:  # a bad layout, or a damaged checkpoint to resume from: refused before any write
         from lmforge.train.loop import preflight
 
-        preflight(run_obj, cfg, launch.world_size, resume=resume, checkpoints=resume)
+        layout = preflight(run_obj, cfg, launch.world_size, resume=resume, checkpoints=resume)
     if launch.node_rank == 0:  # the other nodes only check: node 0 writes the run directory they share
         pipeline.prepare(run_obj, cfg, redo=("train",) if redo else (), resume=resume)
-    _train(run_obj, cfg, launch, resume=resume)
+    # resuming, the checkpoint was verified above; else _train's preflight also refuses existing checkpoints
+    _train(run_obj, cfg, launch, resume=resume, layout=layout if resume else None)
 
 
 @cli.command("eval")
@@ -235,7 +237,9 @@ def _launch(cfg, nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint:
     return launch
 
 
-def _train(run_obj: RunDir, cfg, launch, *, resume: bool) -> None:
+def _train(run_obj: RunDir, cfg, launch, *, resume: bool, layout=None) -> None:
+    """Train in this process, or in ``launch``'s processes through torchrun; ``layout``: the preflight
+    already ran (it hashes the checkpoint to resume from, which can be large)."""
     from lmforge import pipeline
 
     if run_obj.stage_fingerprint("train") == pipeline.fingerprint(cfg, "train"):
@@ -247,7 +251,8 @@ def _train(run_obj: RunDir, cfg, launch, *, resume: bool) -> None:
     from lmforge.distributed.context import launch_torchrun
     from lmforge.train.loop import preflight
 
-    layout = preflight(run_obj, cfg, launch.world_size, resume=resume)  # bad layout or checkpoint: before any process
+    if layout is None:  # bad layout or checkpoint: refused before any process starts
+        layout = preflight(run_obj, cfg, launch.world_size, resume=resume)
     progress.info(f"train: {layout.describe()} through torchrun")
     args = ["train", "--run-dir", str(run_obj.root), "--worker"] + (["--resume"] if resume else [])
     code = launch_torchrun(launch, args)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import torch
 from torch import nn
@@ -47,7 +48,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     dims = model.dims
     permute_for_tp(model, dims, tp)
     head = model.lm_head
-    model.lm_head = VocabParallelHead(head.in_features, head.out_features, bias=False, device=head.weight.device)
+    model.lm_head = VocabParallelHead(head.in_features, head.out_features, bias=False, device="meta")  # its weight is the old one
     model.lm_head.weight = head.weight
     parallelize_module(model, tp_mesh, {
         "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
@@ -141,7 +142,8 @@ def clip_grad_norm_(parameters, max_norm: float) -> float:
     total = torch.nn.utils.get_total_norm(grads, 2.0)
     if isinstance(total, DTensor):
         total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    if math.isfinite(max_norm):  # no clipping (train.grad_clip: null): the norm alone, for the finite check
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
     return float(total)
 
 

@@ -18,7 +18,6 @@ import json
 import math
 import shutil
 import time
-from pathlib import Path
 
 from lmforge import pipeline
 from lmforge.core import progress

@@ -73,15 +73,23 @@ def preflight(run: RunDir, cfg: RunConfig, world_size: int, *, resume: bool = Fa
     dims = cfg.model.dims(train_data.vocab_size)
     seq_len = sequence_length(cfg, dims.context_length)
     layout = check_layout(cfg, world_size, dims, seq_len)
-    latest = run.latest_checkpoint() if checkpoints else None
-    if latest is not None:
-        step, path = latest
-        if not resume:
-            raise TrainingError(f"{run.root} already holds training checkpoints (latest: step {step}); "
-                                "pass --resume to continue it, or --redo train to start training over")
+    path = resume_point(run, resume) if checkpoints else None
+    if path is not None:
         state = read_state(path, verify=True)
         _check_resumable(path, state.get("resume_key", {}), resume_key(cfg, dims, seq_len, shards_digest(train_data)))
     return layout
+
+
+def resume_point(run: RunDir, resume: bool):
+    """The latest checkpoint to resume from, or None; existing checkpoints without ``resume`` are an error."""
+    latest = run.latest_checkpoint()
+    if latest is None:
+        return None
+    step, path = latest
+    if not resume:
+        raise TrainingError(f"{run.root} already holds training checkpoints (latest: step {step}); "
+                            "pass --resume to continue it, or --redo train to start training over")
+    return path
 
 
 def shards_digest(shards: TokenShards) -> str:
@@ -130,14 +138,8 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
     key = resume_key(cfg, dims, seq_len, shards_digest(train_data))
 
     start_step, nonfinite_in_row, skipped_total = 0, 0, 0
-    latest = run.latest_checkpoint()
-    if latest is not None:
-        step, path = latest
-        if not resume:
-            raise TrainingError(
-                f"{run.root} already holds training checkpoints (latest: step {step}); "
-                "pass --resume to continue it, or --redo train to start training over"
-            )
+    path = resume_point(run, resume)
+    if path is not None:
         _check_resumable(path, read_state(path, verify=False).get("resume_key", {}), key)
         if ctx.is_main:  # leftovers of a checkpoint write that was killed (an elastic restart)
             remove_stale_temporaries(run.checkpoints)
