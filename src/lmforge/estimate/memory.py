@@ -18,6 +18,7 @@ process needs beyond its tensors (CUDA context and allocator slack, or the Pytho
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from lmforge.estimate.activations import (
     FP32,
@@ -84,7 +85,7 @@ def _parameter_bytes(dims: ModelDims, tp: int) -> _ParameterBytes:
     sums = dict(block=0, block_matrices=0, block_mlp=0, block_mlp_matrices=0, outside=0)
     for name, shape in parameter_shapes(dims):
         matrix = len(shape) >= 2
-        size = _numel(shape) // (tp if matrix else 1) * FP32
+        size = math.prod(shape) // (tp if matrix else 1) * FP32
         if _layer_of(name) is None:
             sums["outside"] += size
         elif _layer_of(name) == 0:
@@ -106,7 +107,7 @@ def estimate_memory(dims: ModelDims, *, micro_batch: int, seq_len: int, optimize
     p = _parameter_bytes(dims, parallel.tp)
     weights = (L * p.block + p.outside) // shard
     gradients = weights
-    full = sum(_numel(shape) for _, shape in parameter_shapes(dims)) * FP32
+    full = sum(math.prod(shape) for _, shape in parameter_shapes(dims)) * FP32
     momentum = default_momentum(optimizer) if momentum is None else momentum
     state = optimizer_state_bytes(dims, optimizer, momentum) * (L * p.block + p.outside) // full // shard
 
@@ -163,12 +164,6 @@ def default_momentum(optimizer: str) -> float:
     defaults = TrainConfig()
     return defaults.rmsprop.momentum if optimizer == "rmsprop" else defaults.sgd.momentum
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 def largest_micro_batch(fits, candidates: list[int]) -> int | None:

@@ -8,14 +8,15 @@ Muon's matrices are counted exactly as training will hold them. All state is fp3
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
+from lmforge.estimate.activations import FP32
 from lmforge.model.config import ModelDims
 from lmforge.model.decoder import Decoder
 from lmforge.train.optim import is_decayed, is_hidden_matrix
 
-FP32 = 4
 
 # what each kind keeps per parameter (n elements; rows x cols for a matrix), in fp32 numbers
 STATE_DESCRIPTION = {
@@ -37,16 +38,10 @@ def parameter_shapes(dims: ModelDims) -> tuple[tuple[str, tuple[int, ...]], ...]
     return tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
 
 
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
 
 def _state_numbers(kind: str, name: str, shape: tuple[int, ...], momentum: float) -> int:
     """fp32 numbers of state for one parameter (the 0-d ``step`` tensors included)."""
-    n, matrix = _numel(shape), len(shape) >= 2
+    n, matrix = math.prod(shape), len(shape) >= 2
     probe = torch.empty(shape, device="meta")
     if kind in ("adamw", "adam"):
         return 2 * n + 1
@@ -78,13 +73,13 @@ _FOREACH_TEMPORARIES = {"adamw": 1, "adam": 2, "rmsprop": 2, "sgd": 1, "lion": 1
 def optimizer_step_working_bytes(dims: ModelDims, kind: str, device: str, shard: int = 1) -> int:
     shapes = parameter_shapes(dims)
     if kind == "muon":
-        largest_matrix = max(_numel(s) for n, s in shapes if is_hidden_matrix(n, torch.empty(s, device="meta")))
-        rest = [_numel(s) for n, s in shapes if not is_hidden_matrix(n, torch.empty(s, device="meta"))]
+        largest_matrix = max(math.prod(s) for n, s in shapes if is_hidden_matrix(n, torch.empty(s, device="meta")))
+        rest = [math.prod(s) for n, s in shapes if not is_hidden_matrix(n, torch.empty(s, device="meta"))]
         per_tensor = max(2.5 * largest_matrix, 2 * max(rest))  # fp32 update + bf16 Newton-Schulz iterates
         return int(per_tensor * FP32) // shard
     if device == "cuda":
         groups = [0, 0]
         for name, shape in shapes:
-            groups[0 if is_decayed(name, torch.empty(shape, device="meta")) else 1] += _numel(shape)
+            groups[0 if is_decayed(name, torch.empty(shape, device="meta")) else 1] += math.prod(shape)
         return _FOREACH_TEMPORARIES[kind] * max(groups) * FP32 // shard
-    return _PER_TENSOR_TEMPORARIES[kind] * max(_numel(s) for _, s in shapes) * FP32 // shard
+    return _PER_TENSOR_TEMPORARIES[kind] * max(math.prod(s) for _, s in shapes) * FP32 // shard

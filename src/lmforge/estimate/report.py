@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lmforge.errors import RecipeError
@@ -10,6 +9,7 @@ from lmforge.estimate.compute import estimate_compute
 from lmforge.estimate.memory import GIB, MemoryEstimate, estimate_memory
 from lmforge.estimate.parallel import Parallel, resolve_parallel
 from lmforge.recipe import RunConfig
+from lmforge.train.memory import momentum_of
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -25,24 +25,28 @@ def vocab_size_for(cfg: RunConfig, run_root: Path) -> tuple[int, str]:
 
 
 def default_memory_bytes(cfg: RunConfig, device: str) -> tuple[int | None, str]:
-    if cfg.train.memory_limit_gb is not None:
-        return int(cfg.train.memory_limit_gb * GIB), "train.memory_limit_gb"
-    if device == "cuda":
-        import torch
+    import torch
 
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
-        return None, "unknown (give --device-memory-gb)"
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    from lmforge.train.memory import memory_limit_bytes
+
+    if cfg.train.memory_limit_gb is not None:
+        source = "train.memory_limit_gb"
+    elif device == "cuda":
+        if not torch.cuda.is_available():
+            return None, "unknown (give --device-memory-gb)"
+        source = torch.cuda.get_device_name(0)
+    else:
+        source = "this machine's memory"
+    return memory_limit_bytes(cfg.train, torch.device(device, 0) if device == "cuda" else torch.device(device)), source
 
 
 def build_report(cfg: RunConfig, vocab_size: int, *, device: str, memory_bytes: int | None, peak_flops: float | None,
                  mfu: float, dp: int | None = None, fsdp: int = 1, tp: int = 1, world_size: int | None = None) -> dict:
     tc = cfg.train
     dims = cfg.model.dims(vocab_size)
-    seq_len = tc.seq_len or dims.context_length
-    if seq_len > dims.context_length:
-        raise RecipeError(f"train.seq_len: {seq_len} exceeds the model context length {dims.context_length}")
+    from lmforge.train.loop import sequence_length  # the training loop's rule, and its error
+
+    seq_len = sequence_length(cfg, dims.context_length)
     if not 0 < mfu <= 1:
         raise RecipeError(f"--mfu: must be in (0, 1], got {mfu}")
     par = resolve_parallel(dims, tc.batch_size, dp=dp, fsdp=fsdp, tp=tp, world_size=world_size)
@@ -53,7 +57,7 @@ def build_report(cfg: RunConfig, vocab_size: int, *, device: str, memory_bytes: 
 
     def memory(precision: str, ac: bool, micro_batch: int = micro) -> MemoryEstimate:
         return estimate_memory(dims, micro_batch=micro_batch, seq_len=seq_len, optimizer=tc.optimizer,
-                               momentum=tc.rmsprop.momentum if tc.optimizer == "rmsprop" else tc.sgd.momentum,
+                               momentum=momentum_of(tc),
                                precision=precision, activation_checkpointing=ac, accumulation=per_rank // micro_batch,
                                device=device, parallel=par)
 

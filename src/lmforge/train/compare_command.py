@@ -44,6 +44,7 @@ def compare(recipe, overrides, run_dir, names, steps, lr_factors):
     from lmforge.estimate.memory import default_momentum
     from lmforge.train.compare import LR_RATIO, compare_optimizers
     from lmforge.train.compare_report import recommend, summarize, write_report
+    from lmforge.train.loop import sequence_length
 
     cfg, run_obj = _resolve(recipe, run_dir, overrides)
     names_list = [n.strip() for n in names.split(",") if n.strip()]
@@ -52,7 +53,7 @@ def compare(recipe, overrides, run_dir, names, steps, lr_factors):
                                  device=_device(cfg))
     shards = TokenShards(run_obj.tokens("train"))
     dims = cfg.model.dims(shards.vocab_size)
-    seq_len = cfg.train.seq_len or dims.context_length
+    seq_len = sequence_length(cfg, dims.context_length)
     per_step = cfg.train.batch_size * seq_len
     momentum = {n: cfg.train.rmsprop.momentum if n == "rmsprop" else
                 cfg.train.sgd.momentum if n == "sgd" else default_momentum(n) for n in names_list}

@@ -70,12 +70,13 @@ def _parallel(parallel: Parallel | int) -> Parallel:
 def _estimate(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, accumulation: int, device: torch.device,
               parallel: Parallel | int):
     return estimate_memory(dims, micro_batch=micro, seq_len=seq_len, optimizer=cfg.optimizer,
-                           momentum=_momentum(cfg), precision=cfg.precision,
+                           momentum=momentum_of(cfg), precision=cfg.precision,
                            activation_checkpointing=cfg.activation_checkpointing, accumulation=accumulation,
                            device=device.type, parallel=_parallel(parallel))
 
 
-def _momentum(cfg: TrainConfig) -> float:
+def momentum_of(cfg: TrainConfig) -> float:
+    """The momentum the optimizer state estimate counts (RMSprop's or SGD's; others keep their own)."""
     return cfg.rmsprop.momentum if cfg.optimizer == "rmsprop" else cfg.sgd.momentum
 
 
