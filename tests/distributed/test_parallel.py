@@ -1,5 +1,5 @@
 """FSDP2, tensor parallel and FSDP x TP on CPU with gloo: the same losses as one process, step for step;
-mixed precision and activation checkpointing in each mode; a non-finite loss on one rank skipped on all;
+mixed precision, activation checkpointing and torch.compile in each mode; a non-finite loss on one rank skipped on all;
 sharded checkpoints that reshard (saved on 2 processes, resumed on 1 and on 4), export, and corrupt input.
 
 Trainings run several to a torchrun group (train_jobs.py) to pay for process start-up once; the CLI path
@@ -33,6 +33,9 @@ TWO_PROCESS_MODES = {
     "fsdp_bf16": (*FSDP, "train.precision=bf16"),
     "tp_bf16": (*TP, "train.precision=bf16"),
     "ddp_bf16": ("train.precision=bf16",),
+    # torch.compile of each block with each sharded mode (under TP: compiled, then checkpointed)
+    "fsdp_compile_ac": (*FSDP, "train.compile=true", "train.activation_checkpointing=true"),
+    "tp_compile_ac": (*TP, "train.compile=true", "train.activation_checkpointing=true"),
 }
 
 
@@ -76,7 +79,7 @@ def four_process_runs(debug_data_run, two_process_runs, tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("mode", ["fsdp", "tp", "fsdp_ac", "tp_ac", "ddp_ac"])
+@pytest.mark.parametrize("mode", ["fsdp", "tp", "fsdp_ac", "tp_ac", "ddp_ac", "fsdp_compile_ac", "tp_compile_ac"])
 def test_two_processes_match_one_process(two_process_runs, parallel_reference, mode):
     assert_losses_match(two_process_runs / mode, parallel_reference)
     evals = [(r["step"], r["val_loss"]) for r in read_metrics(two_process_runs / mode / "metrics.jsonl")

@@ -51,26 +51,35 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     model.lm_head = VocabParallelHead(head.in_features, head.out_features, bias=False, device="meta")  # its weight is the old one
     model.lm_head.weight = head.weight
     parallelize_module(model, tp_mesh, {
-        "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+        "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False),
         "final_norm": SequenceParallel(),
         "lm_head": ColwiseParallel(input_layouts=Shard(1), use_local_output=False),
     })
     if dims.tie_embeddings:  # both are Shard(0) on the vocabulary: one parameter again
         model.lm_head.weight = model.embed_tokens.weight
+    model.embed_tokens.register_forward_hook(_settled)
     no_args = (None,) * 4  # cos, sin, cache, start_pos
     for block in model.layers:
         parallelize_module(block, tp_mesh, {
             "attn_norm": SequenceParallel(),
             "attn": PrepareModuleInput(input_layouts=(Shard(1), *no_args), desired_input_layouts=(Replicate(), *no_args)),
             "attn.qkv_proj": ColwiseParallel(),
-            "attn.out_proj": RowwiseParallel(output_layouts=Shard(1)),
+            "attn.out_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
             "mlp_norm": SequenceParallel(),
             "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
             "mlp.gate_up_proj": ColwiseParallel(),
-            "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
+            "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1), use_local_output=False),
         })
         block.attn.n_heads //= tp  # this process's heads
         block.attn.n_kv_heads //= tp
+
+
+def _settled(module: nn.Module, inputs, output: DTensor) -> DTensor:
+    """The residual stream enters the blocks as a DTensor whose local shard is a plain tensor, its
+    reduce-scatter done: a compiled block handed a pending collective (AsyncCollectiveTensor) fails with
+    torch 2.13 (no-grad forward), and the residual stream kept as local tensors instead gives wrong
+    gradients through compiled blocks. One copy of B x T/tp x C."""
+    return output.clone()
 
 
 def apply_fsdp(model: nn.Module, dp_mesh) -> None:
@@ -93,7 +102,7 @@ def parallelize(model: nn.Module, ctx: DistContext, train: TrainConfig) -> nn.Mo
     layout, mesh = ctx.layout, ctx.mesh
     if layout.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
-    apply_memory_options(model, train)
+    apply_memory_options(model, train, tensor_parallel=layout.tp > 1)
     if layout.fsdp:
         apply_fsdp(model, mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"])
         return model

@@ -37,12 +37,16 @@ def compile_blocks(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_memory_options(model: nn.Module, cfg: TrainConfig) -> None:
-    """``train.activation_checkpointing`` and ``train.compile``, block by block (checkpointing first, so the
-    compiled region is the checkpointed block, as torchtitan orders them)."""
+def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bool = False) -> None:
+    """``train.activation_checkpointing`` and ``train.compile``, block by block: checkpointing first, so the
+    compiled region is the checkpointed block, as torchtitan orders them. Under tensor parallelism each
+    compiled block is checkpointed instead: torch 2.13 fails to compile a checkpointed block of DTensors
+    (a DeviceMesh among the tensors saved for backward); the other order trains the same."""
+    if cfg.compile and tensor_parallel:
+        compile_blocks(model)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
-    if cfg.compile:
+    if cfg.compile and not tensor_parallel:
         compile_blocks(model)
 
 
