@@ -33,7 +33,7 @@ def worker(args) -> None:
     from lmforge.train.batches import BatchPlan
     from lmforge.train.config import TrainConfig
     from lmforge.train.loop import train_step
-    from lmforge.train.memory import apply_activation_checkpointing, compile_blocks
+    from lmforge.train.memory import apply_activation_checkpointing, compile_model_parts
     from lmforge.train.optim import build_optimizer
 
     dims = ModelConfig(size=args.size).dims(args.vocab)
@@ -42,7 +42,7 @@ def worker(args) -> None:
     if args.checkpointing:
         apply_activation_checkpointing(model)
     if args.compile:
-        compile_blocks(model)
+        compile_model_parts(model)
     opt = build_optimizer(model, TrainConfig(batch_size=args.batch))
     plan, data = BatchPlan(10_000, args.batch, 0), RandomWindows(dims.vocab_size)
     ctx = DistContext(device=torch.device("cpu"))

@@ -161,6 +161,11 @@ class Decoder(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
         for layer in self.layers:
             x = layer(x, cos, sin)
+        return self.head(x, targets)
+
+    def head(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Final norm and LM head over the last block's output (B, T, C): logits (B, T, V), or with targets
+        the mean cross-entropy (a method of its own so that ``train.compile`` can compile it, as the blocks)."""
         x = self.final_norm(x)  # (B, T, C)
         if targets is None:
             return self.lm_head(x)  # (B, T, V)

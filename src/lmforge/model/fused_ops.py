@@ -18,7 +18,11 @@ IGNORE_INDEX = -100
 
 def _use_plain(*tensors: torch.Tensor) -> bool:
     """Plain formulas under torch.compile, and for tensor subclasses (DTensor from tensor parallelism)."""
-    return torch.compiler.is_compiling() or any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
+    return torch.compiler.is_compiling() or _subclass(*tensors)
+
+
+def _subclass(*tensors: torch.Tensor) -> bool:
+    return any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in tensors)
 
 
 # ----- rotary position embedding on the fused q/k/v projection --------------------------------------
@@ -201,15 +205,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_x * grad_loss, grad_w * grad_loss, None
 
 
-@torch.compiler.disable  # runs eagerly inside a compiled model: its reused out= buffers are the point
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100), without materialising the logits.
+    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100), without materialising the logits in fp32.
 
-    x: (N, C), weight: (V, C), targets: (N,). Under autocast, and for tensor subclasses, the plain path
-    is taken.
+    x: (N, C), weight: (V, C), targets: (N,). Under autocast, and for tensor subclasses, the plain formula,
+    which torch.compile fuses where the head is compiled; otherwise the chunked loss below, eagerly.
     """
-    if torch.is_autocast_enabled(x.device.type) or _use_plain(x, weight):
+    if torch.is_autocast_enabled(x.device.type) or _subclass(x, weight):
         return F.cross_entropy(F.linear(x, weight), targets, ignore_index=IGNORE_INDEX)
+    return _chunked_linear_cross_entropy(x, weight, targets)
+
+
+@torch.compiler.disable  # runs eagerly inside a compiled model: its reused out= buffers are the point
+def _chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(x, weight, targets)
     rows, total = _chunk_rows(weight.shape[0]), x.new_zeros(())

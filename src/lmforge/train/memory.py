@@ -32,9 +32,13 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
         model.layers[i] = checkpoint_wrapper(block)
 
 
-def compile_blocks(model: nn.Module) -> None:
+def compile_model_parts(model: nn.Module, head: bool = True) -> None:
+    """``torch.compile`` each block in place, and the final norm + LM head + loss (``Decoder.head``), where
+    the compiler fuses the cross-entropy over the vocabulary that eager mode runs as separate passes."""
     for block in model.layers:
         block.compile()
+    if head:
+        model.head = torch.compile(model.head)
 
 
 def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bool = False) -> None:
@@ -42,12 +46,12 @@ def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bo
     compiled region is the checkpointed block, as torchtitan orders them. Under tensor parallelism each
     compiled block is checkpointed instead: torch 2.13 fails to compile a checkpointed block of DTensors
     (a DeviceMesh among the tensors saved for backward); the other order trains the same."""
-    if cfg.compile and tensor_parallel:
-        compile_blocks(model)
+    if cfg.compile and tensor_parallel:  # the head stays eager: its loss runs on vocabulary shards (loss_parallel)
+        compile_model_parts(model, head=False)
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if cfg.compile and not tensor_parallel:
-        compile_blocks(model)
+        compile_model_parts(model)
 
 
 def release_memory() -> None:
