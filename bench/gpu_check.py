@@ -116,7 +116,8 @@ def main(argv=None) -> None:
                   if device.type == "cuda" else "")
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
         print(f"gpu_check: {args.size} ({count_parameters(model) / 1e6:.1f}M parameters), FSDP2 x{world} on {name}, "
-              f"bf16, {'eager' if args.no_compile else 'compiled'}, {args.batch} x {args.seq} tokens per GPU per step")
+              f"bf16, {'eager' if args.no_compile else 'compiled'}, {args.batch} x {args.seq} tokens per GPU per step, "
+              f"torch {torch.__version__}")
         print(f"gpu_check: loss {losses[0]:.3f} -> {losses[-1]:.3f}; median step {step_time * 1e3:.1f} ms over "
               f"{len(times)} steps{memory}")
         shown = f"{mfu:.1%}" if mfu is not None else "n/a (no peak for this device)"
