@@ -1,6 +1,7 @@
 """The debug recipe end to end through the CLI, each stage alone, and re-runs that skip finished work."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -73,3 +74,18 @@ def test_export_of_the_current_folder_writes_beside_the_run(data_run, monkeypatc
     assert code == 0, err
     assert (data_run / "export" / "step_00000002.safetensors").is_file()
     assert "exported step 2 (safetensors)" in out
+
+
+def test_export_refuses_an_output_it_cannot_write(data_run, tmp_path):
+    assert run_cli("train", "--run-dir", str(data_run), "--set", "train.max_steps=1",
+                   "--set", "train.checkpoint_every=1")[0] == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_file").write_text("x")
+    for output, message in ((out / "a_file" / "m.safetensors", f"{out / 'a_file'} is a file, not a folder"),
+                            (out / "a_file" / "sub" / "m.safetensors", "is a file, not a folder"),
+                            (Path("/proc/lmforge-export.safetensors"), "cannot write there")):
+        code, _, err = run_cli("export", "--run-dir", str(data_run), "--output", str(output))
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith(f"error: export --output {output}: ") and message in last, err
+    assert [p.name for p in out.iterdir()] == ["a_file"] and not (data_run / "export").exists()

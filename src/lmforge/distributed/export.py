@@ -28,17 +28,34 @@ def default_output(checkpoint: Path) -> Path:
     return checkpoint.with_name(f"{checkpoint.name}.safetensors")
 
 
+def check_output(output: Path) -> None:
+    """Refuse, before any checkpoint is read, an output that names a folder or lies under a file."""
+    from lmforge.errors import LmforgeError
+
+    if output.is_dir():
+        raise LmforgeError(f"export --output {output}: is a folder; name the file to write")
+    parent = next(p for p in output.absolute().parents if p.exists())  # the nearest part that exists
+    if not parent.is_dir():
+        raise LmforgeError(f"export --output {output}: {parent} is a file, not a folder")
+
+
 def export_checkpoint(checkpoint: Path, output: Path) -> dict:
     """Consolidate ``checkpoint`` into ``output``; returns what was written."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from lmforge.core.atomic import atomic_write_with
     from lmforge.distributed.checkpoint import consolidated_weights
+    from lmforge.errors import LmforgeError
 
+    check_output(output)
     weights, state = consolidated_weights(checkpoint)
     metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(state["resume_key"]["model"]),
                 "lmforge.step": str(state["step"]), "lmforge.source_format": state.get("format", "safetensors")}
-    atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
+    try:
+        atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
+    except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
+        raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc
     return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
             "step": state["step"], "source_format": metadata["lmforge.source_format"]}
 
