@@ -206,10 +206,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100), without materialising the logits in fp32.
+    """F.cross_entropy(x @ weight.T, targets, ignore_index=-100).
 
     x: (N, C), weight: (V, C), targets: (N,). Under autocast, and for tensor subclasses, the plain formula,
-    which torch.compile fuses where the head is compiled; otherwise the chunked loss below, eagerly.
+    which torch.compile fuses where the head is compiled; otherwise, eagerly, a chunked loss that never
+    materialises the (N, V) logits.
     """
     if torch.is_autocast_enabled(x.device.type) or _subclass(x, weight):
         return F.cross_entropy(F.linear(x, weight), targets, ignore_index=IGNORE_INDEX)
