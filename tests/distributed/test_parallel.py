@@ -36,6 +36,8 @@ TWO_PROCESS_MODES = {
     # torch.compile of each block with each sharded mode (under TP: compiled, then checkpointed)
     "fsdp_compile_ac": (*FSDP, "train.compile=true", "train.activation_checkpointing=true"),
     "tp_compile_ac": (*TP, "train.compile=true", "train.activation_checkpointing=true"),
+    "fsdp_bf16_compile": (*FSDP, "train.precision=bf16", "train.compile=true"),  # bench/gpu_check.sh's path
+    "tp_bf16_compile": (*TP, "train.precision=bf16", "train.compile=true"),
 }
 
 
@@ -100,7 +102,7 @@ def test_sharded_modes_write_sharded_checkpoints(two_process_runs):
                                                                                   "optimizer.safetensors"]
 
 
-@pytest.mark.parametrize("mode", ["fsdp_bf16", "tp_bf16", "ddp_bf16"])
+@pytest.mark.parametrize("mode", ["fsdp_bf16", "tp_bf16", "ddp_bf16", "fsdp_bf16_compile", "tp_bf16_compile"])
 def test_bf16_with_each_mode(two_process_runs, parallel_reference, mode):
     got, fp32 = dict(train_losses(two_process_runs / mode)), dict(train_losses(parallel_reference))
     assert sorted(got) == list(range(1, 11))
