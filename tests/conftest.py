@@ -99,3 +99,23 @@ def kill_when(proc: subprocess.Popen, condition, timeout: float = 300.0) -> None
         time.sleep(0.0005)
     proc.kill()
     raise AssertionError("kill point never reached")
+
+
+def uninterrupted_losses(data_run: Path, reference: Path, settings: list[str], steps: int) -> list[tuple[int, float]]:
+    """Train a copy of ``data_run`` at ``reference`` without interruption; its (step, loss) for every step."""
+    shutil.copytree(data_run, reference)
+    done = lmforge_run("train", "--run-dir", str(reference), *settings)
+    assert done.returncode == 0, done.stderr
+    expected = train_losses(reference)
+    assert [s for s, _ in expected] == list(range(1, steps + 1))
+    return expected
+
+
+def assert_resumes_bit_identically(run_dir: Path, settings: list[str], expected: list[tuple[int, float]]) -> None:
+    """``--resume`` an interrupted run to its end: every step's loss equals the uninterrupted run's, bit for bit,
+    and no temporary file is left."""
+    final = lmforge_run("train", "--run-dir", str(run_dir), "--resume", *settings)
+    assert final.returncode == 0, final.stderr
+    assert "resuming from" in final.stderr
+    assert train_losses(run_dir) == expected  # bit-identical floats, every step
+    assert temporaries(run_dir) == []

@@ -3,11 +3,11 @@ every optimizer (Muon: an optimizer chain, Adafactor: factored state) as with Ad
 equal-budget comparison writes its table, curves and recommendation and reuses finished runs."""
 
 import json
-import shutil
 
 import pytest
 
-from conftest import kill_when, lmforge_process, lmforge_run, run_cli, temporaries, train_losses as losses
+from conftest import (assert_resumes_bit_identically, kill_when, lmforge_process, run_cli, train_losses as losses,
+                      uninterrupted_losses)
 from lmforge.train.config import OPTIMIZERS
 
 pytestmark = pytest.mark.integration
@@ -20,22 +20,12 @@ SETTINGS = ["--set", "train.max_steps=18", "--set", "train.batch_size=4", "--set
 @pytest.mark.parametrize("optimizer", [o for o in OPTIMIZERS if o != "adamw"])  # adamw: test_resume.py
 def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path, optimizer):
     settings = [*SETTINGS, "--set", f"train.optimizer={optimizer}"]
-    reference = tmp_path / "reference"
-    shutil.copytree(data_run, reference)
-    done = lmforge_run("train", "--run-dir", str(reference), *settings)
-    assert done.returncode == 0, done.stderr
-    expected = losses(reference)
-    assert [s for s, _ in expected] == list(range(1, 19))
-
+    expected = uninterrupted_losses(data_run, tmp_path / "reference", settings, steps=18)
     for kill_step in (5, 11):
         proc = lmforge_process("train", "--run-dir", str(data_run), *settings,
                                *(["--resume"] if kill_step > 5 else []))
         kill_when(proc, lambda: any(s >= kill_step for s, _ in losses(data_run)))
-    final = lmforge_run("train", "--run-dir", str(data_run), "--resume", *settings)
-    assert final.returncode == 0, final.stderr
-    assert "resuming from" in final.stderr
-    assert losses(data_run) == expected  # bit-identical floats, every step
-    assert temporaries(data_run) == []
+    assert_resumes_bit_identically(data_run, settings, expected)
 
 
 def test_resume_with_another_optimizer_is_refused(data_run):

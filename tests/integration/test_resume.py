@@ -1,11 +1,10 @@
 """Exact resume: training killed with SIGKILL (once in the middle of a checkpoint write) and resumed
 gives per-step losses bit-identical to an uninterrupted run."""
 
-import shutil
-
 import pytest
 
-from conftest import kill_when, lmforge_process, lmforge_run, temporaries, train_losses as losses
+from conftest import (assert_resumes_bit_identically, kill_when, lmforge_process, lmforge_run, train_losses as losses,
+                      uninterrupted_losses)
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +15,7 @@ SETTINGS = ["--set", "model.size=tiny", "--set", "train.max_steps=24", "--set", 
 
 
 def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path):
-    reference = tmp_path / "reference"
-    shutil.copytree(data_run, reference)
-    done = lmforge_run("train", "--run-dir", str(reference), *SETTINGS)
-    assert done.returncode == 0, done.stderr
-    expected = losses(reference)
-    assert [s for s, _ in expected] == list(range(1, 25))
+    expected = uninterrupted_losses(data_run, tmp_path / "reference", SETTINGS, steps=24)
 
     ckpts = data_run / "checkpoints"
     # 1) killed while a checkpoint folder is being written
@@ -31,11 +25,7 @@ def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path):
     proc = lmforge_process("train", "--run-dir", str(data_run), "--resume", *SETTINGS)
     kill_when(proc, lambda: any(s >= 13 for s, _ in losses(data_run)))
     # 3) resumed to the end
-    final = lmforge_run("train", "--run-dir", str(data_run), "--resume", *SETTINGS)
-    assert final.returncode == 0, final.stderr
-    assert "resuming from" in final.stderr
-    assert losses(data_run) == expected  # bit-identical floats, every step
-    assert temporaries(data_run) == []
+    assert_resumes_bit_identically(data_run, SETTINGS, expected)
 
 
 def test_train_without_resume_refuses_existing_checkpoints(data_run):
