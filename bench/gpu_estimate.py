@@ -16,43 +16,13 @@ import sys
 
 import torch
 
-CONFIGS = [  # (size, vocab, micro-batch, seq len, checkpointing, precision, optimizer, accumulation)
-    ("debug", 512, 4, 64, False, "fp32", "adamw", 1), ("debug", 512, 16, 128, False, "fp32", "adamw", 1),
-    ("debug", 512, 16, 128, True, "fp32", "adamw", 1), ("debug", 512, 8, 64, False, "bf16", "adamw", 1),
-    ("tiny", 4096, 8, 256, False, "fp32", "adamw", 1), ("tiny", 4096, 8, 256, True, "fp32", "adamw", 1),
+from lmforge.estimate.measure import BENCH_CASES, TESTED_CASES, MemoryCase
+
+GPU_CASES = [MemoryCase(size, {}, *rest) for size, *rest in (  # (size, vocab, micro-batch, seq, AC, precision, ...)
     ("tiny", 4096, 8, 256, False, "bf16", "muon", 1), ("small", 16384, 8, 512, False, "bf16", "adamw", 1),
     ("small", 16384, 8, 512, True, "bf16", "adamw", 1), ("124m", 50257, 8, 1024, False, "bf16", "adamw", 1),
     ("124m", 50257, 8, 1024, True, "bf16", "adafactor", 2), ("124m", 50257, 4, 1024, False, "fp16", "lion", 1),
-]
-
-
-def measure(dims, micro, seq, ac, precision, optimizer, accumulation) -> int:
-    from lmforge.distributed.context import DistContext
-    from lmforge.estimate.measure import RandomWindows
-    from lmforge.model.decoder import Decoder
-    from lmforge.train.batches import BatchPlan
-    from lmforge.train.config import TrainConfig
-    from lmforge.train.loop import train_step
-    from lmforge.train.memory import apply_activation_checkpointing, release_memory
-    from lmforge.train.optim import build_optimizer
-    from lmforge.train.precision import precision_policy
-
-    device = torch.device("cuda")
-    batch = micro * accumulation
-    torch.manual_seed(0)
-    model = Decoder(dims).to(device)
-    if ac:
-        apply_activation_checkpointing(model)
-    opt = build_optimizer(model, TrainConfig(optimizer=optimizer, batch_size=batch, micro_batch_size=micro))
-    policy, ctx = precision_policy(precision, device), DistContext(device=device)
-    plan, data = BatchPlan(64 * batch, batch, 0, micro_batch_size=micro), RandomWindows(dims.vocab_size)
-    train_step(model, model, opt, plan, data, 0, seq, 1e-4, 1.0, ctx, policy)  # creates the optimizer state
-    torch.cuda.reset_peak_memory_stats(device)
-    train_step(model, model, opt, plan, data, 1, seq, 1e-4, 1.0, ctx, policy)
-    peak = torch.cuda.max_memory_allocated(device)
-    del model, opt
-    release_memory()
-    return peak
+)]
 
 
 def main() -> None:
@@ -61,19 +31,15 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this script measures GPU memory (see bench/estimator_accuracy.py for CPU)")
-    from lmforge.estimate.memory import estimate_memory
-    from lmforge.model.config import ModelConfig
-
     print(f"# {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     print("| model | micro-batch x seq | checkpointing | precision | optimizer | acc. | measured MiB | predicted MiB "
           "| error | predicted peak in |\n|---|---|---|---|---|---|---|---|---|---|")
     rows = []
-    for size, vocab, micro, seq, ac, precision, optimizer, accumulation in CONFIGS:
-        dims = ModelConfig(size=size).dims(vocab)
-        measured = measure(dims, micro, seq, ac, precision, optimizer, accumulation)
-        predicted = estimate_memory(dims, micro_batch=micro, seq_len=seq, optimizer=optimizer, precision=precision,
-                                    activation_checkpointing=ac, accumulation=accumulation, device="cuda")
+    for case in TESTED_CASES + BENCH_CASES + GPU_CASES:
+        size, overrides, _, micro, seq, ac, precision, optimizer, accumulation = case
+        predicted, measured = case.predicted_and_measured("cuda")
         error = predicted.peak / measured - 1
+        size += "".join(f" {k}={v}" for k, v in overrides.items())
         rows.append(dict(model=size, micro_batch=micro, seq_len=seq, checkpointing=ac, precision=precision,
                          optimizer=optimizer, accumulation=accumulation, measured=measured, predicted=predicted.peak,
                          error=error, phase=predicted.peak_phase))
