@@ -23,44 +23,10 @@ import statistics
 import time
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from lmforge.model.config import SIZES, ModelDims
 from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
-
-
-def hf_llama_like(dims: ModelDims) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=dims.vocab_size, hidden_size=dims.d_model, intermediate_size=dims.ffn_hidden,
-        num_hidden_layers=dims.n_layers, num_attention_heads=dims.n_heads, num_key_value_heads=dims.n_kv_heads,
-        max_position_embeddings=dims.context_length, rms_norm_eps=dims.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": dims.rope_theta},
-        tie_word_embeddings=dims.tie_embeddings, attention_bias=False, mlp_bias=False, hidden_act="silu",
-        attn_implementation="sdpa", use_cache=False,
-    )
-    return LlamaForCausalLM(config)
-
-
-@torch.no_grad()
-def copy_weights_into_hf(ours: Decoder, hf: LlamaForCausalLM) -> None:
-    """Split our fused projections into HF's separate ones so both models start identical."""
-    d = ours.dims
-    q_dim, kv_dim = d.n_heads * d.head_dim, d.n_kv_heads * d.head_dim
-    hf.model.embed_tokens.weight.copy_(ours.embed_tokens.weight)
-    hf.model.norm.weight.copy_(ours.final_norm.weight)
-    hf.lm_head.weight.copy_(ours.lm_head.weight)
-    for src, dst in zip(ours.layers, hf.model.layers):
-        q, k, v = src.attn.qkv_proj.weight.split([q_dim, kv_dim, kv_dim])
-        dst.self_attn.q_proj.weight.copy_(q)
-        dst.self_attn.k_proj.weight.copy_(k)
-        dst.self_attn.v_proj.weight.copy_(v)
-        dst.self_attn.o_proj.weight.copy_(src.attn.out_proj.weight)
-        gate, up = src.mlp.gate_up_proj.weight.chunk(2)
-        dst.mlp.gate_proj.weight.copy_(gate)
-        dst.mlp.up_proj.weight.copy_(up)
-        dst.mlp.down_proj.weight.copy_(src.mlp.down_proj.weight)
-        dst.input_layernorm.weight.copy_(src.attn_norm.weight)
-        dst.post_attention_layernorm.weight.copy_(src.mlp_norm.weight)
+from lmforge.model.hf_names import to_hf_llama
 
 
 def busy_cpu_seconds() -> float | None:
@@ -163,8 +129,7 @@ def main() -> None:
     torch.manual_seed(0)
     dims = ModelDims(vocab_size=args.vocab, **SIZES["tiny"])
     ours = Decoder(dims).train()
-    hf = hf_llama_like(dims).train()
-    copy_weights_into_hf(ours, hf)
+    hf = to_hf_llama(ours, attn_implementation="sdpa").train()  # our weights, fused projections split
     assert count_parameters(ours) == sum(p.numel() for p in hf.parameters())
 
     g = torch.Generator().manual_seed(1)

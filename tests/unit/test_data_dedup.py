@@ -3,6 +3,7 @@ import random
 import sys
 from pathlib import Path
 
+import datasketch.lsh as datasketch_lsh  # a pinned test dependency (requirements-dev.txt): missing fails
 import numpy as np
 import pytest
 
@@ -65,7 +66,6 @@ def test_band_keys_match_exactly_when_a_band_matches():
 
 
 def test_optimal_bands_match_datasketch():
-    datasketch_lsh = pytest.importorskip("datasketch.lsh")
     for threshold, num_perm in ((0.5, 128), (0.7, 128), (0.9, 64)):
         assert optimal_bands(threshold, num_perm) == datasketch_lsh._optimal_param(threshold, num_perm, 0.5, 0.5)
     assert collision_probability(0.5, 25, 5) == pytest.approx(1 - (1 - 0.5**5) ** 25)
@@ -96,11 +96,19 @@ def test_exact_and_near_duplicates_keep_the_first_and_cluster_transitively():
 
 
 def test_decisions_do_not_depend_on_later_documents():
-    texts, _ = build_corpus(20, seed=5)
+    texts, truth = build_corpus(20, seed=5)
+    assert set(truth[:30]) & set(truth[30:])  # clusters cross the cut: later copies of earlier documents exist
     full = CorpusDedup(True, MinHashConfig())
-    keep_all = np.concatenate([full.add_shard(shard_of(texts[:30])), full.add_shard(shard_of(texts[30:], start=1))])
+    keep_all = full.add_shard(shard_of(texts))  # the whole corpus in one shard: every later document seen
     prefix = CorpusDedup(True, MinHashConfig())
-    assert np.array_equal(prefix.add_shard(shard_of(texts[:30])), keep_all[:30])
+    keep_prefix = prefix.add_shard(shard_of(texts[:30]))  # the prefix alone, as a run stopped early
+    assert np.array_equal(keep_prefix, keep_all[:30]) and not keep_prefix.all()
+    assert prefix.duplicate_of == {i: d for i, d in full.duplicate_of.items() if i < 30}
+    # and where the shards are cut does not matter either
+    sharded = CorpusDedup(True, MinHashConfig())
+    keep_sharded = np.concatenate([sharded.add_shard(shard_of(texts[:30])),
+                                   sharded.add_shard(shard_of(texts[30:], start=1))])
+    assert np.array_equal(keep_sharded, keep_all) and sharded.duplicate_of == full.duplicate_of
 
 
 def test_large_clusters_stay_linear():

@@ -6,6 +6,7 @@ import pyarrow.csv  # noqa: F401  (pa.csv)
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
+from sklearn import preprocessing  # a pinned test dependency (requirements-dev.txt): missing fails
 
 from lmforge.data.config import DataConfig, SourceConfig
 from lmforge.data.curate import curate
@@ -41,7 +42,6 @@ CFG = TabularConfig(path="unused", label="outcome", missing={"age": "median", "i
 
 
 def test_standardization_matches_scikit_learn_and_is_fit_on_train_only():
-    preprocessing = pytest.importorskip("sklearn.preprocessing")
     train, val = table(seed=1), table(seed=2)
     numeric = ["age", "income", "height", "weight", "constant"]
     scaler = fit_scaler(train, numeric, CFG)

@@ -17,16 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from lmforge.model import fused_ops
 from lmforge.model.config import ModelDims
+from lmforge.model.fused_ops import loss_chunk_rows
 
 FP32 = 4
-
-
-def _chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk of the fused loss's logits: the decoder's own rule where it exposes it."""
-    rule = getattr(fused_ops, "_chunk_rows", None)
-    return rule(vocab_size) if rule else max(128, (2 << 20) // vocab_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +165,7 @@ def loss_memory(s: StepShape) -> dict[str, int]:
     if not s.plain:
         # fused chunked linear + cross-entropy: gradients of x (N, C) and of the head (V, C) computed in
         # forward; one chunk of logits (rows, V) reused; per-row scale, mask and targets
-        rows = min(_chunk_rows(V), N)
+        rows = min(loss_chunk_rows(V), N)  # the loss's own rule, not a copy
         saved = N * C * FP32 + V * C * FP32
         forward = rows * V * FP32 + N * (FP32 + 1 + 8) + 3 * rows * FP32
         backward = N * C * FP32 + V * C * FP32  # the two gradients times the incoming gradient

@@ -36,11 +36,13 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
-def rotary_tables(head_dim: int, max_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of shape (max_len, head_dim // 2): angle = position * theta^(-2i / head_dim)."""
+def rotary_tables(head_dim: int, max_len: int, theta: float,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of shape (max_len, head_dim // 2): angle = position * theta^(-2i / head_dim), computed
+    in fp64 and rounded to ``dtype`` (the decoder's buffers are fp32; fp64 ones for fp64 comparisons)."""
     inv_freq = theta ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,)
     angles = torch.outer(torch.arange(max_len, dtype=torch.float64), inv_freq)  # (L, D/2)
-    return angles.cos().float(), angles.sin().float()
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class KVCache:

@@ -161,10 +161,10 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 # ----- LM head + cross-entropy ---------------------------------------------------------------------
 
 
-def _chunk_rows(vocab_size: int) -> int:
-    """Rows per chunk of logits: about 16 MiB in fp32 (reused memory, where a 2048 x 8192 logits tensor
-    is 64 MiB of fresh, page-faulting memory every step), and never under 256 rows, below which the
-    (rows, C) x (C, V) matmuls slow down on CPU."""
+def loss_chunk_rows(vocab_size: int) -> int:
+    """Rows per chunk of the fused loss's logits: about 16 MiB in fp32 (reused memory, where a 2048 x 8192
+    logits tensor is 64 MiB of fresh, page-faulting memory every step), and never under 256 rows, below
+    which the (rows, C) x (C, V) matmuls slow down on CPU. The memory estimator counts by this rule too."""
     return max(256, (4 << 20) // vocab_size)
 
 
@@ -179,7 +179,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets):
         N, V = x.shape[0], weight.shape[0]
-        rows = _chunk_rows(V)
+        rows = loss_chunk_rows(V)
         valid = targets != IGNORE_INDEX  # (N,)
         scale = valid.to(x.dtype) / valid.sum()  # (N,): d loss / d (loss of each row)
         safe_targets = targets.masked_fill(~valid, 0)[:, None]  # (N, 1)
@@ -221,7 +221,7 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
 def _chunked_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(x, weight, targets)
-    rows, total = _chunk_rows(weight.shape[0]), x.new_zeros(())
+    rows, total = loss_chunk_rows(weight.shape[0]), x.new_zeros(())
     for start in range(0, x.shape[0], rows):
         logits = F.linear(x[start:start + rows], weight)  # (n, V)
         total += F.cross_entropy(logits, targets[start:start + rows], ignore_index=IGNORE_INDEX, reduction="sum")
