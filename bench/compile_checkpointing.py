@@ -3,7 +3,7 @@
 Each variant (eager / compiled blocks, checkpointing off / on) trains in a fresh process, so its peak RSS
 (ru_maxrss) is its own; rounds alternate the variants and the figure is the median step time over all
 rounds after warm-up steps (compilation excluded). Memory is also given as allocated tensor bytes for the
-eager variants (``lmforge.estimate.measure``; the compiled graph's buffers are not visible to that
+eager variants (``lmforge.train.measure``; the compiled graph's buffers are not visible to that
 counter) next to the estimator's prediction. The model and step are the training loop's own.
 
     python bench/compile_checkpointing.py [--size tiny] [--batch 16] [--seq 256] [--steps 8] [--warmup 3] [--rounds 2]
@@ -27,13 +27,13 @@ def worker(args) -> None:
     import torch
 
     from lmforge.distributed.context import DistContext
-    from lmforge.estimate.measure import RandomWindows
+    from lmforge.train.measure import RandomWindows
     from lmforge.model.config import ModelConfig
     from lmforge.model.decoder import Decoder
     from lmforge.train.batches import BatchPlan
     from lmforge.train.config import TrainConfig
     from lmforge.train.loop import train_step
-    from lmforge.train.memory import apply_activation_checkpointing, compile_model_parts
+    from lmforge.distributed.parallelize import apply_activation_checkpointing, compile_model_parts
     from lmforge.train.optim import build_optimizer
 
     dims = ModelConfig(size=args.size).dims(args.vocab)
@@ -58,7 +58,7 @@ def worker(args) -> None:
 
 
 def allocated_peaks(args) -> dict:
-    from lmforge.estimate.measure import measure_training_peak
+    from lmforge.train.measure import measure_training_peak
     from lmforge.estimate.memory import estimate_memory
     from lmforge.model.config import ModelConfig
 

@@ -1,7 +1,7 @@
 """Estimator accuracy on CPU: predicted against measured peak training memory, one row per configuration.
 
 Measured = the peak of live tensor storage bytes during the second of two real training updates (the
-loop's ``train_step``; ``lmforge.estimate.measure``): allocated tensor bytes, what the estimator predicts
+loop's ``train_step``; ``lmforge.train.measure``): allocated tensor bytes, what the estimator predicts
 and what ``torch.cuda.max_memory_allocated`` reports on a GPU. Not the process RSS, which also holds the
 interpreter, the libraries and pages the allocator keeps. Memory is deterministic, so one run per row.
 
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from lmforge.estimate.measure import BENCH_CASES, TESTED_CASES
+from lmforge.train.measure import BENCH_CASES, TESTED_CASES
 from lmforge.model.decoder import count_parameters
 
 

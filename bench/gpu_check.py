@@ -62,13 +62,13 @@ def main(argv=None) -> None:
     from lmforge.distributed.context import DistContext
     from lmforge.distributed.layout import Layout, build_mesh
     from lmforge.distributed.parallelize import apply_fsdp
-    from lmforge.estimate.measure import RandomWindows
+    from lmforge.train.measure import RandomWindows
     from lmforge.model.config import ModelConfig
     from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
     from lmforge.train.batches import BatchPlan
     from lmforge.train.config import TrainConfig
     from lmforge.train.loop import train_step
-    from lmforge.train.memory import apply_memory_options
+    from lmforge.distributed.parallelize import apply_memory_options
     from lmforge.train.optim import build_optimizer
     from lmforge.train.precision import precision_policy
 

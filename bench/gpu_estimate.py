@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from lmforge.estimate.measure import BENCH_CASES, TESTED_CASES, MemoryCase
+from lmforge.train.measure import BENCH_CASES, TESTED_CASES, MemoryCase
 
 GPU_CASES = [MemoryCase(size, {}, *rest) for size, *rest in (  # (size, vocab, micro-batch, seq, AC, precision, ...)
     ("tiny", 4096, 8, 256, False, "bf16", "muon", 1), ("small", 16384, 8, 512, False, "bf16", "adamw", 1),

@@ -33,7 +33,7 @@ from lmforge import pipeline
 from lmforge.core import progress
 from lmforge.recipe import build_config, load_recipe
 from lmforge.rundir import RunDir
-from lmforge.tune.study import prepare_data, run_study
+from lmforge.tune.study import run_study
 from lmforge.tune.worker import Budget
 
 LRS = [3e-3, 1e-2, 3e-2, 1e-1]
@@ -106,10 +106,10 @@ def main() -> None:
     progress.set_enabled(False)
     run = RunDir(args.out / "run")
     grid_cfg = recipe(args, grid_tune())
-    if run.stage_fingerprint("pack") not in (None, pipeline.fingerprint(grid_cfg, "pack")):
+    if pipeline.done_stages(run).get("pack", {}).get("fingerprint") not in (None, pipeline.fingerprint(grid_cfg, "pack")):
         shutil.rmtree(run.root)  # the default recipe's data settings changed since the last run
         shutil.rmtree(args.out / "grid", ignore_errors=True)
-    prepare_data(run, grid_cfg)  # the default corpus, once
+    pipeline.run_through(run, grid_cfg, ["pack"])  # the default corpus, once
 
     grid = search(run, grid_cfg, args.out / "grid", fresh=not args.keep_grid)
     budget = grid["tokens"] // 3

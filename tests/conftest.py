@@ -83,7 +83,7 @@ def train_losses(run_dir: Path) -> list[tuple[int, float]]:
     """(step, loss) of every training step in a run's metrics.jsonl."""
     from lmforge.core.metrics import read_metrics
 
-    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    return [(r["step"], r["loss"]) for r in read_metrics(run_dir / "train" / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def kill_when(proc: subprocess.Popen, condition, timeout: float = 300.0) -> None:

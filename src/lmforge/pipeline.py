@@ -1,157 +1,261 @@
-"""The stages of a run, each rerunnable alone on a run directory, and the whole run in order.
+"""The stages of a run: one table, and the only code that decides order, done, skip and redo.
 
-Stages hand off through files in the run directory only. A finished stage is recorded in stages.json
-with a fingerprint of the recipe sections it depends on; it is skipped when the fingerprint matches,
-and a changed recipe for a finished stage is an error unless that stage is redone (``--redo``).
+Stages hand off through files in the run directory only. A finished stage is recorded in ``stages.json``
+with a fingerprint of the recipe sections it depends on (its own and those of every stage it needs); it is
+skipped when the fingerprint matches and its ``summary.json`` is there. A changed recipe for a finished
+stage is an error unless that stage is redone (``--redo``, which redoes the stages after it too); cheap
+stages (``rerun_on_change``) are simply run again. A command either runs one stage on inputs that must
+exist (``run_stage``) or a stage with everything it needs first (``run_through``); ``lmforge run`` runs
+the whole table.
+
+Adding a stage: one row here, its command, its recipe section; nothing else outside its folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from collections.abc import Callable
 
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.progress import info
-from lmforge.data.curate import curate
-from lmforge.data.packing import TokenShards, pack_tokens
-from lmforge.data.tokenizer import train_tokenizer
+from lmforge.data.stage import run_curate, run_pack, run_tokenizer
+from lmforge.distributed.context import Launch
 from lmforge.errors import DataError, LmforgeError
 from lmforge.recipe import RunConfig
-from lmforge.rundir import STAGES, RunDir
-
-# The recipe sections each stage depends on (a stage also depends on everything its inputs did).
-STAGE_SECTIONS = {
-    "curate": ("seed", "data"),
-    "tokenizer": ("seed", "data", "tokenizer"),
-    "pack": ("seed", "data", "tokenizer", "pack"),
-    "train": ("seed", "data", "tokenizer", "pack", "model", "train"),
-    "eval": ("seed", "data", "tokenizer", "pack", "model", "train", "eval"),
-    "sample": ("seed", "data", "tokenizer", "pack", "model", "train", "generate"),
-}
+from lmforge.rundir import RunDir
 
 
-def fingerprint(cfg: RunConfig, stage: str) -> str:
-    return cfg.section_hash(*STAGE_SECTIONS[stage])
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What a command passes to the stages it runs, besides the recipe."""
+    resume: bool = False  # train: continue from the latest checkpoint
+    launch: Launch = Launch()  # train: this process, or processes through torchrun
+    checkpoint: str | None = None  # eval, sample: which checkpoint (default: the latest)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this invocation records stages: node 0 writes the run directory all nodes share."""
+        return self.launch.node_rank == 0
 
 
-def prepare(run: RunDir, cfg: RunConfig, *, redo: tuple[str, ...] = (), resume: bool = False) -> None:
-    """Check that the recipe fits what the run directory already holds, then record the recipe.
+def _device(cfg: RunConfig):
+    from lmforge.core.device import pick_device
 
-    Nothing is written before the checks pass, so a rejected invocation leaves the run untouched.
-    """
-    for stage in redo:
-        if stage not in STAGES:
-            raise LmforgeError(f"--redo {stage}: unknown stage (stages: {', '.join(STAGES)})")
-    first_redo = min((STAGES.index(s) for s in redo), default=len(STAGES))
-    done = run.stages()
-    for i, stage in enumerate(STAGES[:first_redo]):
-        if stage in ("eval", "sample") or stage not in done:
+    return pick_device(cfg.train.device)
+
+
+def _check_train(run: RunDir, cfg: RunConfig, opts: Options):
+    from lmforge.train.stage import check_train
+
+    return check_train(run, cfg, opts.launch, opts.resume)
+
+
+def _train(run: RunDir, cfg: RunConfig, opts: Options, checked) -> dict:
+    from lmforge.train.stage import run_train
+
+    return run_train(run, cfg, opts.launch, opts.resume, checked)
+
+
+def _eval(run: RunDir, cfg: RunConfig, opts: Options, checked) -> dict:
+    from lmforge.evaluate.stage import stage_eval
+
+    return stage_eval(run, cfg, _device(cfg), opts.checkpoint)
+
+
+def _sample(run: RunDir, cfg: RunConfig, opts: Options, checked) -> dict:
+    from lmforge.evaluate.stage import stage_sample
+
+    return stage_sample(run, cfg, _device(cfg), opts.checkpoint)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # also its folder: <run>/<name>/
+    sections: tuple[str, ...]  # the recipe sections it reads itself
+    needs: tuple[str, ...]  # the stages whose outputs it reads
+    run: Callable[[RunDir, RunConfig, Options, object], dict]  # does the work; returns its headline figures
+    command: str  # the lmforge command that runs it alone
+    help: str
+    check: Callable[[RunDir, RunConfig, Options], object] | None = None  # before any write; its result goes to run
+    rerun_on_change: bool = False  # cheap: a changed recipe reruns it instead of being refused
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("curate", ("seed", "data"), (), lambda run, cfg, opts, checked: run_curate(run, cfg), "data",
+          "read the sources, normalize, filter by quality, scrub PII, remove duplicates, split train/validation"),
+    Stage("tokenizer", ("tokenizer",), ("curate",), lambda run, cfg, opts, checked: run_tokenizer(run, cfg), "data",
+          "train a byte-level BPE tokenizer on the training split"),
+    Stage("pack", ("pack",), ("tokenizer",), lambda run, cfg, opts, checked: run_pack(run, cfg), "data",
+          "encode the documents into memory-mapped token shards"),
+    Stage("train", ("model", "train"), ("pack",), _train, "train",
+          "pretrain the decoder on the token shards, with checkpoints and metrics", check=_check_train),
+    Stage("eval", ("eval",), ("train",), _eval, "eval",
+          "validation loss, perplexity and bits per byte before and after training", rerun_on_change=True),
+    Stage("sample", ("generate",), ("train",), _sample, "generate",
+          "continue the recipe's prompt with the trained model", rerun_on_change=True),
+)
+BY_NAME = {s.name: s for s in STAGES}
+NAMES = tuple(BY_NAME)
+
+
+def stage(name: str) -> Stage:
+    return BY_NAME[name]
+
+
+def closure(names) -> list[str]:
+    """``names`` and every stage they need, in table order."""
+    wanted: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(BY_NAME[name].needs)
+    return [n for n in NAMES if n in wanted]
+
+
+def later(name: str) -> list[str]:
+    """``name`` and every stage that depends on it, directly or not."""
+    out = {name}
+    for s in STAGES:
+        if any(n in out for n in s.needs):
+            out.add(s.name)
+    return [n for n in NAMES if n in out]
+
+
+def sections(name: str) -> tuple[str, ...]:
+    """The recipe sections a stage's result depends on: its own and those of everything it needs."""
+    return tuple(dict.fromkeys(sec for n in closure([name]) for sec in BY_NAME[n].sections))
+
+
+def fingerprint(cfg: RunConfig, name: str) -> str:
+    return cfg.section_hash(*sections(name))
+
+
+# --- stages.json -------------------------------------------------------------------------------
+def done_stages(run: RunDir) -> dict:
+    if not run.stages_file.exists():
+        return {}
+    try:
+        return json.loads(run.stages_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}  # written atomically, so this only happens if edited by hand: treat as not done
+
+
+def is_done(run: RunDir, cfg: RunConfig, name: str) -> bool:
+    entry = done_stages(run).get(name)
+    return (isinstance(entry, dict) and entry.get("fingerprint") == fingerprint(cfg, name)
+            and run.stage_summary(name).exists())
+
+
+def invalidate(run: RunDir, name: str) -> None:
+    """Forget ``name`` and every stage after it."""
+    stages = done_stages(run)
+    kept = {k: v for k, v in stages.items() if k not in later(name)}
+    if kept != stages:
+        atomic_write_json(run.stages_file, kept)
+
+
+def _mark_done(run: RunDir, cfg: RunConfig, name: str, summary: dict) -> None:
+    atomic_write_json(run.stage_summary(name), summary)
+    stages = done_stages(run)
+    stages[name] = {"fingerprint": fingerprint(cfg, name)}
+    atomic_write_json(run.stages_file, stages)
+
+
+# --- before anything is written ----------------------------------------------------------------
+def check_redo(redo) -> list[str]:
+    """The stages ``--redo`` names, with everything after them."""
+    for name in redo:
+        if name not in BY_NAME:
+            raise LmforgeError(f"--redo {name}: unknown stage (stages: {', '.join(NAMES)})")
+    return [n for n in NAMES if any(n in later(r) for r in redo)]
+
+
+def check_fits(run: RunDir, cfg: RunConfig, names, *, redo=(), resume: bool = False) -> None:
+    """Finished stages among ``names`` (and what they need) must have run with this recipe, unless they are
+    redone, cheap, or training resumed with new settings (the checkpoint's resume key decides then)."""
+    redone = check_redo(redo)
+    done = done_stages(run)
+    for name in closure(names):
+        entry = done.get(name)
+        if name in redone or BY_NAME[name].rerun_on_change or not isinstance(entry, dict):
             continue
-        if done[stage].get("fingerprint") != fingerprint(cfg, stage):
-            if stage == "train" and resume:
-                continue  # continuing training with new settings: the checkpoint's resume key decides
-            changed = ", ".join(STAGE_SECTIONS[stage])
+        if entry.get("fingerprint") != fingerprint(cfg, name):
+            if name == "train" and resume:
+                continue
             raise LmforgeError(
-                f"{run.root}: the recipe differs from the one the {stage} stage ran with (one of: {changed}); "
-                f"pass --redo {stage} to redo it and the stages after it, or choose a new run name"
-            )
+                f"{run.root}: the recipe differs from the one the {name} stage ran with (one of: "
+                f"{', '.join(sections(name))}); pass --redo {name} to redo it and the stages after it, or choose a "
+                "new run name")
+
+
+def check_stages(run: RunDir, cfg: RunConfig, names, opts: Options) -> dict:
+    """Every stage's own check (bad options, layouts, checkpoints), before anything is written."""
+    return {n: BY_NAME[n].check(run, cfg, opts) for n in names if BY_NAME[n].check is not None}
+
+
+def prepare(run: RunDir, cfg: RunConfig, *, redo=(), keep_recipe: bool = False) -> None:
+    """Record the recipe in the run directory and forget what ``redo`` redoes (after the checks passed)."""
+    redone = check_redo(redo)
     run.root.mkdir(parents=True, exist_ok=True)
     if run.clean_temporaries():
         info("removed leftovers of an interrupted write")
-    if first_redo < len(STAGES):
-        run.invalidate(STAGES[first_redo])
-        if first_redo <= STAGES.index("train"):
-            shutil.rmtree(run.checkpoints, ignore_errors=True)
-            run.metrics.unlink(missing_ok=True)
-    atomic_write_text(run.recipe, cfg.to_yaml())
-
-
-def _skip(run: RunDir, cfg: RunConfig, stage: str) -> bool:
-    if run.stage_fingerprint(stage) == fingerprint(cfg, stage):
-        info(f"[dim]{stage}: already done, skipped[/dim]")
-        return True
-    return False
-
-
-def stage_data(run: RunDir, cfg: RunConfig) -> None:
-    """curate -> tokenizer -> pack."""
-    if not _skip(run, cfg, "curate"):
-        run.invalidate("curate")
-        stats = curate(cfg.data, cfg.seed, run.data)
-        run.mark_done("curate", fingerprint(cfg, "curate"))
-        info(f"curate: {_doc_line(stats)}")
-    if not _skip(run, cfg, "tokenizer"):
-        run.invalidate("tokenizer")
-        tokenizer = train_tokenizer(cfg.tokenizer, run.train_docs, run.tokenizer)
-        run.mark_done("tokenizer", fingerprint(cfg, "tokenizer"))
-        info(f"tokenizer: byte-level BPE with {tokenizer.get_vocab_size():,} tokens -> {run.tokenizer}")
-    if not _skip(run, cfg, "pack"):
-        run.invalidate("pack")
-        for split, docs in (("train", run.train_docs), ("val", run.val_docs)):
-            index = pack_tokens(run.tokenizer, docs, run.tokens(split), cfg.pack)
-            info(f"pack {split}: {index['num_tokens']:,} tokens in {len(index['shards'])} shard(s)")
-        run.mark_done("pack", fingerprint(cfg, "pack"))
-
-
-def check_data_fits(run: RunDir, cfg: RunConfig, error: type[LmforgeError] = LmforgeError) -> None:
-    """Data stages already done in ``run`` must fit the recipe: runs that share its token shards (tuning
-    trials, an optimizer comparison) train on them."""
-    done = run.stages()
-    for stage in ("curate", "tokenizer", "pack"):
-        if stage in done and done[stage].get("fingerprint") != fingerprint(cfg, stage):
-            raise error(f"{run.root}: the recipe's data sections differ from the ones the {stage} stage ran with; "
-                        f"run lmforge data --redo {stage} first, or choose a new run name")
-
-
-def prepare_shared_data(run: RunDir, cfg: RunConfig, error: type[LmforgeError] = LmforgeError) -> None:
-    """The run's curate, tokenizer and pack stages, once, for runs that share its token shards."""
-    check_data_fits(run, cfg, error)
-    run.root.mkdir(parents=True, exist_ok=True)
-    if not run.recipe.exists():
+    if redone:
+        invalidate(run, redone[0])
+        for name in redone:
+            if name == "train":
+                shutil.rmtree(run.stage_dir("train"), ignore_errors=True)  # checkpoints and metrics
+    if not (keep_recipe and run.recipe.exists()):
         atomic_write_text(run.recipe, cfg.to_yaml())
-    stage_data(run, cfg)
 
 
-def documents_kept(stats: dict) -> int:
-    return sum(split["documents"] for split in stats["splits"].values())
+# --- running -----------------------------------------------------------------------------------
+def require(run: RunDir, name: str) -> None:
+    """The outputs ``name`` reads must be there (a command that runs one stage does not make them)."""
+    for need in BY_NAME[name].needs:
+        if not run.stage_summary(need).exists():
+            s = BY_NAME[need]
+            raise DataError(f"{run.stage_dir(need)}: the {need} stage has not run; run it first (lmforge {s.command})")
 
 
-def _doc_line(stats: dict) -> str:
-    return (f"{stats['documents_read']:,} documents read, {documents_kept(stats):,} kept "
-            f"({stats['splits']['train']['documents']:,} train / {stats['splits']['val']['documents']:,} val)")
-
-
-def require_tokens(run: RunDir) -> None:
-    for split in ("train", "val"):
-        if not (run.tokens(split) / "index.json").exists():
-            raise DataError(f"{run.tokens(split)}: no token shards; run the data stage first (lmforge data)")
-
-
-def load_json(path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LmforgeError(f"{path}: cannot read ({exc.__class__.__name__})") from None
-
-
-def write_summary(run: RunDir, cfg: RunConfig) -> dict:
-    """Collect the headline numbers of a finished run into summary.json and return them."""
-    stats = load_json(run.data_stats) if run.data_stats.exists() else {}
-    train_tokens = TokenShards(run.tokens("train")).num_tokens
-    val_tokens = TokenShards(run.tokens("val")).num_tokens
-    train_info = run.stages().get("train", {})
-    results = load_json(run.eval_results) if run.eval_results.exists() else {}
-    summary = {
-        "run_dir": str(run.root),
-        "documents_read": stats.get("documents_read"),
-        "documents_kept": documents_kept(stats) if stats else None,
-        "train_tokens": train_tokens,
-        "val_tokens": val_tokens,
-        "parameters": train_info.get("parameters"),
-        "steps": train_info.get("steps"),
-        "tokens_per_s": train_info.get("tokens_per_s"),
-        "before": results.get("before"),
-        "after": results.get("after"),
-    }
-    atomic_write_json(run.summary, summary)
+def run_stage(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(), *, checked=None,
+              again: bool = False) -> dict:
+    """Run one stage unless it is done with this recipe (``again``: run it anyway); returns its summary."""
+    if not again and is_done(run, cfg, name):
+        info(f"[dim]{name}: already done, skipped[/dim]")
+        return json.loads(run.stage_summary(name).read_text())
+    if opts.writes:
+        invalidate(run, name)
+        run.stage_summary(name).unlink(missing_ok=True)
+    summary = BY_NAME[name].run(run, cfg, opts, checked)
+    if opts.writes:
+        _mark_done(run, cfg, name, summary)
     return summary
+
+
+def run_through(run: RunDir, cfg: RunConfig, names, opts: Options = Options(), *, redo=(),
+                keep_recipe: bool = False) -> dict[str, dict]:
+    """Run ``names`` and every stage they need, in order, each unless done; returns their summaries.
+    Nothing is written before every check has passed."""
+    todo = closure(names)
+    check_fits(run, cfg, todo, redo=redo, resume=opts.resume)
+    checked = check_stages(run, cfg, todo, opts)
+    prepare(run, cfg, redo=redo, keep_recipe=keep_recipe)
+    info(f"run directory: {run.root}")
+    return {n: run_stage(run, cfg, n, opts, checked=checked.get(n)) for n in todo}
+
+
+def run_alone(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(), *, redo: bool = False,
+              again: bool = False) -> dict:
+    """One stage on the outputs of the stages it needs, which must be there already (they are not made).
+    ``redo``: forget its earlier result first (and what came after it); ``again``: run it even if done."""
+    require(run, name)
+    redone = (name,) if redo else ()
+    check_fits(run, cfg, [name], redo=redone, resume=opts.resume)
+    checked = check_stages(run, cfg, [name], opts)
+    if opts.writes:  # node 0 writes the run directory that all nodes share; the others only check
+        prepare(run, cfg, redo=redone)
+    return run_stage(run, cfg, name, opts, checked=checked.get(name), again=again)

@@ -1,114 +1,99 @@
-"""RunDir: the one place that knows where every artifact of a run lives.
+"""RunDir: the one place that knows where every artifact of a run lives (paths only; which stages are done
+is the pipeline's business).
 
 runs/<name>/
-  recipe.yaml            the resolved recipe of the latest invocation
-  stages.json            finished stages and the fingerprint of the config they ran with
-  data/                  train.jsonl, val.jsonl, stats.json (curation)
-  tokenizer/             tokenizer.json
-  tokens/{train,val}/    memory-mapped token shards + index.json
-  checkpoints/step_N/    model.safetensors, optimizer.safetensors, state.json
-  metrics.jsonl          one JSON object per logged event (train steps, evaluations)
-  eval/results.json      validation loss, perplexity, bits per byte before and after training
-  samples.json           generated samples
-  summary.json           the end-of-run summary
+  recipe.yaml              the resolved recipe of the latest invocation
+  stages.json              finished stages and the fingerprint of the config they ran with (pipeline.py)
+  <stage>/                 what each stage writes, with a summary.json of its headline figures:
+    curate/                train.jsonl, val.jsonl, stats.json, summary.md
+    tokenizer/             tokenizer.json
+    pack/{train,val}/      memory-mapped token shards + index.json
+    train/                 checkpoints/step_N/ (model.safetensors, optimizer.safetensors, state.json),
+                           metrics.jsonl (one JSON object per logged event: train steps, evaluations)
+    eval/                  results.json: validation loss, perplexity, bits per byte before and after training
+    sample/                samples.json: generated samples
+    tune/  optimizers/     hyperparameter study, optimizer comparison
+  summary.json             the end-of-run summary
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from lmforge.core.atomic import atomic_write_json, remove_stale_temporaries
+from lmforge.core.atomic import remove_stale_temporaries
 
-STAGES = ("curate", "tokenizer", "pack", "train", "eval", "sample")
 _CKPT = re.compile(r"^step_(\d{8})$")
+SUMMARY_FILE = "summary.json"
 
 
 class RunDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    # --- paths -----------------------------------------------------------------------------
+    def stage_dir(self, stage: str) -> Path:
+        """Where ``stage`` writes its outputs."""
+        return self.root / stage
+
+    def stage_summary(self, stage: str) -> Path:
+        """The stage's headline figures (what the run report reads)."""
+        return self.stage_dir(stage) / SUMMARY_FILE
+
+    # --- files at the top -------------------------------------------------------------------
     @property
     def recipe(self) -> Path:
         return self.root / "recipe.yaml"
 
     @property
-    def data(self) -> Path:
-        return self.root / "data"
+    def stages_file(self) -> Path:
+        return self.root / "stages.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    # --- what the stages write ---------------------------------------------------------------
+    @property
+    def curated(self) -> Path:
+        return self.stage_dir("curate")
 
     @property
     def train_docs(self) -> Path:
-        return self.data / "train.jsonl"
+        return self.curated / "train.jsonl"
 
     @property
     def val_docs(self) -> Path:
-        return self.data / "val.jsonl"
+        return self.curated / "val.jsonl"
 
     @property
     def data_stats(self) -> Path:
-        return self.data / "stats.json"
+        return self.curated / "stats.json"
 
     @property
     def tokenizer(self) -> Path:
-        return self.root / "tokenizer" / "tokenizer.json"
+        return self.stage_dir("tokenizer") / "tokenizer.json"
 
     def tokens(self, split: str) -> Path:
-        return self.root / "tokens" / split
+        return self.stage_dir("pack") / split
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.stage_dir("train") / "checkpoints"
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"step_{step:08d}"
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.stage_dir("train") / "metrics.jsonl"
 
     @property
     def eval_results(self) -> Path:
-        return self.root / "eval" / "results.json"
+        return self.stage_dir("eval") / "results.json"
 
     @property
     def samples(self) -> Path:
-        return self.root / "samples.json"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def stages_file(self) -> Path:
-        return self.root / "stages.json"
-
-    # --- stage bookkeeping -------------------------------------------------------------------
-    def stages(self) -> dict:
-        if not self.stages_file.exists():
-            return {}
-        try:
-            return json.loads(self.stages_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}  # written atomically, so this only happens if edited by hand: treat as not done
-
-    def stage_fingerprint(self, stage: str) -> str | None:
-        entry = self.stages().get(stage)
-        return entry.get("fingerprint") if isinstance(entry, dict) else None
-
-    def mark_done(self, stage: str, fingerprint: str, **info) -> None:
-        stages = self.stages()
-        stages[stage] = {"fingerprint": fingerprint, **info}
-        atomic_write_json(self.stages_file, stages)
-
-    def invalidate(self, stage: str) -> None:
-        """Forget ``stage`` and every stage after it."""
-        stages = self.stages()
-        later = STAGES[STAGES.index(stage):]
-        kept = {k: v for k, v in stages.items() if k not in later}
-        if kept != stages:
-            atomic_write_json(self.stages_file, kept)
+        return self.stage_dir("sample") / "samples.json"
 
     # --- checkpoints -------------------------------------------------------------------------
     def list_checkpoints(self) -> list[tuple[int, Path]]:
@@ -144,4 +129,3 @@ class SharedDataRunDir(RunDir):
 
     def tokens(self, split: str) -> Path:
         return self.parent.tokens(split)
-

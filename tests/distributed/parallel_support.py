@@ -23,7 +23,7 @@ def job(run_dir: Path, *extra: str, **options) -> dict:
 
 
 def train_records(run_dir: Path) -> list[dict]:
-    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    return [r for r in read_metrics(run_dir / "train" / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def assert_losses_match(run_dir: Path, reference: Path, *, tol: float = 1e-5, steps=range(1, 11)) -> None:

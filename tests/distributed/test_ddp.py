@@ -14,7 +14,7 @@ SETTINGS = ["--set", "train.max_steps=6", "--set", "train.batch_size=8", "--set"
 
 
 def curve(run_dir, kind, key):
-    return [(r["step"], r[key]) for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == kind]
+    return [(r["step"], r[key]) for r in read_metrics(run_dir / "train" / "metrics.jsonl") if r["kind"] == kind]
 
 
 def test_two_processes_match_one(data_run, tmp_path):
@@ -33,4 +33,4 @@ def test_two_processes_match_one(data_run, tmp_path):
             assert y == pytest.approx(x, abs=1e-5)
     # rank 0 alone writes: one metrics line per step, one set of checkpoints
     assert len(curve(data_run, "train", "loss")) == 6
-    assert sorted(p.name for p in (data_run / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]
+    assert sorted(p.name for p in (data_run / "train" / "checkpoints").iterdir()) == ["step_00000003", "step_00000006"]

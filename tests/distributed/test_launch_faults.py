@@ -84,7 +84,7 @@ def test_two_agents_on_loopback_form_one_job(debug_data_run, parallel_reference,
         assert node.returncode == 0, err[-3000:]
     assert "HSDP replicas x2 . TP x2 (4 processes)" in results[0][1].replace("\n", " ")
     assert_losses_match(run, parallel_reference)
-    assert len(list((run / "checkpoints" / "step_00000010").glob("shard-*.safetensors"))) >= 2
+    assert len(list((run / "train" / "checkpoints" / "step_00000010").glob("shard-*.safetensors"))) >= 2
 
 
 def test_gpu_check_dry_run_on_cpu():

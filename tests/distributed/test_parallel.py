@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import run_cli, train_losses
+from lmforge import pipeline
 from lmforge.core.metrics import read_metrics
-from lmforge.distributed.checkpoint import DCP_FORMAT, consolidated_weights
+from lmforge.checkpoint.load import consolidated_weights
+from lmforge.checkpoint.sharded import DCP_FORMAT
 from lmforge.rundir import RunDir
 from parallel_support import assert_losses_match, job, run_jobs, settings
 
@@ -48,7 +50,7 @@ def copy_run(source, target, *, keep_through_step=None):
         for step, path in RunDir(target).list_checkpoints():
             if step > keep_through_step:
                 shutil.rmtree(path)
-        RunDir(target).invalidate("train")
+        pipeline.invalidate(RunDir(target), "train")
     return target
 
 
@@ -84,16 +86,16 @@ def four_process_runs(debug_data_run, two_process_runs, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["fsdp", "tp", "fsdp_ac", "tp_ac", "ddp_ac", "fsdp_compile_ac", "tp_compile_ac"])
 def test_two_processes_match_one_process(two_process_runs, parallel_reference, mode):
     assert_losses_match(two_process_runs / mode, parallel_reference)
-    evals = [(r["step"], r["val_loss"]) for r in read_metrics(two_process_runs / mode / "metrics.jsonl")
+    evals = [(r["step"], r["val_loss"]) for r in read_metrics(two_process_runs / mode / "train" / "metrics.jsonl")
              if r["kind"] == "eval"]
-    want = [(r["step"], r["val_loss"]) for r in read_metrics(parallel_reference / "metrics.jsonl") if r["kind"] == "eval"]
+    want = [(r["step"], r["val_loss"]) for r in read_metrics(parallel_reference / "train" / "metrics.jsonl") if r["kind"] == "eval"]
     assert [s for s, _ in evals] == [0, 5, 10]  # reduced across ranks, written once (rank 0)
     assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(evals, want))
 
 
 def test_sharded_modes_write_sharded_checkpoints(two_process_runs):
     for mode, files in (("fsdp", 2), ("tp", 2), ("ddp_ac", 0)):
-        state = json.loads((two_process_runs / mode / "checkpoints" / "step_00000010" / "state.json").read_text())
+        state = json.loads((two_process_runs / mode / "train" / "checkpoints" / "step_00000010" / "state.json").read_text())
         if files:
             assert state["format"] == DCP_FORMAT
             assert sorted(state["files"]) == [f"shard-0000{i}-model-00001-of-00001.safetensors" for i in (1, 2)]
@@ -113,13 +115,13 @@ def test_bf16_with_each_mode(two_process_runs, parallel_reference, mode):
 
 def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(two_process_runs):
     run = two_process_runs / "poison"
-    records = read_metrics(run / "metrics.jsonl")
+    records = read_metrics(run / "train" / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 4, 5]
     assert [(r["step"], r["skipped_total"]) for r in records if r["kind"] == "skip"] == [(3, 1)]
     # the checkpoints hold every rank's shards: weights and optimizer state of step 3 are those of step 2
-    before, _ = consolidated_weights(run / "checkpoints" / "step_00000002", optimizer=True)
-    skipped, _ = consolidated_weights(run / "checkpoints" / "step_00000003", optimizer=True)
-    moved, _ = consolidated_weights(run / "checkpoints" / "step_00000004", optimizer=True)
+    before, _ = consolidated_weights(run / "train" / "checkpoints" / "step_00000002", optimizer=True)
+    skipped, _ = consolidated_weights(run / "train" / "checkpoints" / "step_00000003", optimizer=True)
+    moved, _ = consolidated_weights(run / "train" / "checkpoints" / "step_00000004", optimizer=True)
     assert before.keys() == skipped.keys() and any(k.startswith("optim.") and k.endswith("exp_avg_sq") for k in before)
     assert all(torch.equal(before[k], skipped[k]) for k in before)
     assert any(not torch.equal(skipped[k], moved[k]) for k in skipped if k.startswith("model."))
@@ -131,7 +133,7 @@ def test_single_process_checkpoint_resumes_sharded(two_process_runs, parallel_re
 
 def test_fsdp_x_tp_on_four_processes_matches_one_process(four_process_runs, parallel_reference):
     assert_losses_match(four_process_runs / "fsdp_tp", parallel_reference)
-    state = json.loads((four_process_runs / "fsdp_tp" / "checkpoints" / "step_00000010" / "state.json").read_text())
+    state = json.loads((four_process_runs / "fsdp_tp" / "train" / "checkpoints" / "step_00000010" / "state.json").read_text())
     assert state["layout"] == {"dp_replicate": 1, "dp_shard": 2, "tp": 2} and len(state["files"]) == 4
 
 
@@ -152,14 +154,14 @@ def test_sharded_checkpoint_resumes_with_ddp(four_process_runs, parallel_referen
 def test_saved_on_two_resumed_on_one(two_process_runs, parallel_reference, tmp_path):
     run = copy_run(two_process_runs / "fsdp", tmp_path / "run", keep_through_step=5)
     # a checkpoint write killed half-way: a temporary folder that must never be taken for step 10
-    (run / "checkpoints" / "step_00000010.tmp-dcp").mkdir()
-    shutil.copy(run / "checkpoints" / "step_00000005" / "shard-00001-model-00001-of-00001.safetensors",
-                run / "checkpoints" / "step_00000010.tmp-dcp")
+    (run / "train" / "checkpoints" / "step_00000010.tmp-dcp").mkdir()
+    shutil.copy(run / "train" / "checkpoints" / "step_00000005" / "shard-00001-model-00001-of-00001.safetensors",
+                run / "train" / "checkpoints" / "step_00000010.tmp-dcp")
     code, _, err = run_cli("train", "--run-dir", str(run), "--resume", *ONE_PROCESS)
     assert code == 0, err
     assert_losses_match(run, parallel_reference)
-    assert not list((run / "checkpoints").glob("*.tmp-*"))
-    state = json.loads((run / "checkpoints" / "step_00000010" / "state.json").read_text())
+    assert not list((run / "train" / "checkpoints").glob("*.tmp-*"))
+    state = json.loads((run / "train" / "checkpoints" / "step_00000010" / "state.json").read_text())
     assert state["format"] == "safetensors"  # one process writes the plain format again
 
 
@@ -184,15 +186,15 @@ def test_export_is_the_same_whatever_the_layout(two_process_runs, four_process_r
 
 def _dcp_copy(two_process_runs, tmp_path):
     run = copy_run(two_process_runs / "fsdp", tmp_path / "run", keep_through_step=5)
-    return run, run / "checkpoints" / "step_00000005"
+    return run, run / "train" / "checkpoints" / "step_00000005"
 
 
 def _refused(run, err_code, err, fragment, listing_before, metrics_before):
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert err_code == 2 and lines[-1].startswith("error: ") and fragment in lines[-1], err
     assert "Traceback" not in err
-    assert sorted(p.name for p in (run / "checkpoints").rglob("*")) == listing_before  # nothing written
-    assert (run / "metrics.jsonl").read_text() == metrics_before
+    assert sorted(p.name for p in (run / "train" / "checkpoints").rglob("*")) == listing_before  # nothing written
+    assert (run / "train" / "metrics.jsonl").read_text() == metrics_before
 
 
 @pytest.mark.parametrize("damage, fragment", [
@@ -209,7 +211,7 @@ def test_damaged_sharded_checkpoint_is_refused_before_any_process_starts(two_pro
         (ckpt / "shard-00001-model-00001-of-00001.safetensors").unlink()
     else:
         (ckpt / "state.json").write_text((ckpt / "state.json").read_text()[:100])
-    listing, metrics = sorted(p.name for p in (run / "checkpoints").rglob("*")), (run / "metrics.jsonl").read_text()
+    listing, metrics = sorted(p.name for p in (run / "train" / "checkpoints").rglob("*")), (run / "train" / "metrics.jsonl").read_text()
     code, _, err = run_cli("train", "--run-dir", str(run), "--resume", "--nproc", "2", *settings(*FSDP))
     _refused(run, code, err, fragment, listing, metrics)
     code, _, err = run_cli("train", "--run-dir", str(run), "--resume", *ONE_PROCESS)

@@ -30,7 +30,7 @@ def test_missing_data_path(tmp_path):
     run_dir = tmp_path / "run"
     code, _, err = run_cli("data", recipe, "--run-dir", str(run_dir))
     assert_clean_error(code, err, "data.sources[0].path", "nowhere.txt")
-    assert not (run_dir / "data").exists() and temporaries(run_dir) == []
+    assert not (run_dir / "curate").exists() and temporaries(run_dir) == []
 
 
 def test_empty_corpus_after_filtering(tmp_path):
@@ -40,7 +40,7 @@ def test_empty_corpus_after_filtering(tmp_path):
     run_dir = tmp_path / "run"
     code, _, err = run_cli("data", recipe, "--run-dir", str(run_dir))
     assert_clean_error(code, err, "no documents left after filtering")
-    assert not (run_dir / "data" / "train.jsonl").exists() and temporaries(run_dir) == []
+    assert not (run_dir / "curate" / "train.jsonl").exists() and temporaries(run_dir) == []
 
 
 @pytest.mark.parametrize("override, fragments", [
@@ -85,12 +85,12 @@ def trained_run(data_run):
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
 def test_corrupt_or_truncated_checkpoint(trained_run, damage):
-    target = trained_run / "checkpoints" / "step_00000004" / "optimizer.safetensors"
+    target = trained_run / "train" / "checkpoints" / "step_00000004" / "optimizer.safetensors"
     data = target.read_bytes()
     target.write_bytes(data[:100] if damage == "truncate" else data[:-8] + b"\x00" * 8)
     code, _, err = run_cli("train", "--run-dir", str(trained_run), "--resume", "--set", "train.max_steps=6")
     assert_clean_error(code, err, "optimizer.safetensors", "corrupt or truncated")
-    model_file = trained_run / "checkpoints" / "step_00000004" / "model.safetensors"
+    model_file = trained_run / "train" / "checkpoints" / "step_00000004" / "model.safetensors"
     model_file.write_bytes(model_file.read_bytes()[:50])
     code, _, err = run_cli("eval", "--run-dir", str(trained_run))
     assert_clean_error(code, err, "model.safetensors", "corrupt or truncated")
@@ -123,6 +123,6 @@ def test_prompt_longer_than_context(trained_run):
 def test_missing_token_shards(tmp_path, debug_data_run):
     run_dir = tmp_path / "run"
     shutil.copytree(debug_data_run, run_dir)
-    shutil.rmtree(run_dir / "tokens" / "val")
+    shutil.rmtree(run_dir / "pack" / "val")
     code, _, err = run_cli("train", "--run-dir", str(run_dir))
-    assert_clean_error(code, err, "tokens/val", "run the data stage first")
+    assert_clean_error(code, err, "pack/val", "run the data stage first")

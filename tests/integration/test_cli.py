@@ -15,10 +15,10 @@ def test_debug_recipe_end_to_end(tmp_path):
     run_dir = tmp_path / "run"
     result = lmforge_run("run", "debug", "--run-dir", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for rel in ["recipe.yaml", "stages.json", "data/train.jsonl", "data/val.jsonl", "data/stats.json",
-                "tokenizer/tokenizer.json", "tokens/train/index.json", "tokens/val/index.json",
-                "checkpoints/step_00000020/model.safetensors", "metrics.jsonl", "eval/results.json",
-                "samples.json", "summary.json"]:
+    for rel in ["recipe.yaml", "stages.json", "curate/train.jsonl", "curate/val.jsonl", "curate/stats.json",
+                "tokenizer/tokenizer.json", "pack/train/index.json", "pack/val/index.json",
+                "train/checkpoints/step_00000020/model.safetensors", "train/metrics.jsonl", "eval/results.json",
+                "sample/samples.json", "summary.json"]:
         assert (run_dir / rel).exists(), rel
     assert temporaries(run_dir) == []
     # the summary is on stdout and names every headline number
@@ -27,10 +27,10 @@ def test_debug_recipe_end_to_end(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["after"]["loss"] < summary["before"]["loss"]
     assert summary["documents_kept"] <= summary["documents_read"]
-    steps = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
+    steps = [r["step"] for r in read_metrics(run_dir / "train" / "metrics.jsonl") if r["kind"] == "train"]
     assert steps == list(range(1, 21))
     # keep_checkpoints=2 with checkpoint_every=10: steps 10 and 20
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
+    assert sorted(p.name for p in (run_dir / "train" / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
 
     again = lmforge_run("run", "debug", "--run-dir", str(run_dir), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -69,7 +69,7 @@ def test_top_level_help_and_version():
 def test_export_of_the_current_folder_writes_beside_the_run(data_run, monkeypatch):
     assert run_cli("train", "--run-dir", str(data_run), "--set", "train.max_steps=2",
                    "--set", "train.checkpoint_every=2")[0] == 0
-    monkeypatch.chdir(data_run / "checkpoints" / "step_00000002")
+    monkeypatch.chdir(data_run / "train" / "checkpoints" / "step_00000002")
     code, out, err = run_cli("export", "--checkpoint", ".")
     assert code == 0, err
     assert (data_run / "export" / "step_00000002.safetensors").is_file()

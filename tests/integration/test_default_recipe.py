@@ -15,11 +15,11 @@ def test_default_recipe_runs_end_to_end(tmp_path):
                          "--set", "train.eval_every=2", "--set", "eval.max_tokens=16384", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
-    stats = json.loads((run_dir / "data" / "stats.json").read_text())
+    stats = json.loads((run_dir / "curate" / "stats.json").read_text())
     assert summary["documents_read"] == stats["documents_read"] > 500  # the whole standard library
     assert 4_000_000 < summary["parameters"] < 7_000_000  # the `tiny` model
     assert summary["steps"] == 4 and summary["tokens_per_s"] > 0
     assert summary["after"]["loss"] < summary["before"]["loss"]
-    samples = json.loads((run_dir / "samples.json").read_text())["samples"]
+    samples = json.loads((run_dir / "sample" / "samples.json").read_text())["samples"]
     assert len(samples) == 2 and all(s["prompt"] == "def " for s in samples)
     assert "run directory" in result.stdout and str(run_dir) in result.stdout

@@ -32,11 +32,11 @@ def test_nonfinite_step_is_skipped_and_state_untouched(data_run, monkeypatch):
     code, _, err = run_cli("train", "--run-dir", str(data_run), "--set", "train.max_steps=5",
                            "--set", "train.checkpoint_every=1", "--set", "train.keep_checkpoints=10")
     assert code == 0, err
-    records = read_metrics(data_run / "metrics.jsonl")
+    records = read_metrics(data_run / "train" / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 4, 5]
     skips = [r for r in records if r["kind"] == "skip"]
     assert [(r["step"], r["skipped_total"]) for r in skips] == [(3, 1)]
-    ck = data_run / "checkpoints"
+    ck = data_run / "train" / "checkpoints"
     for name in ("model.safetensors", "optimizer.safetensors"):
         before, after = load_file(ck / "step_00000002" / name), load_file(ck / "step_00000003" / name)
         assert before.keys() == after.keys()

@@ -26,7 +26,7 @@ def test_mixed_precision_trains_and_checkpoints_its_scaler(data_run, precision):
     assert code == 0, err
     losses = train_losses(data_run)
     assert len(losses) == 4 and all(0 < loss < 10 for loss in losses)
-    state = json.loads((data_run / "checkpoints" / "step_00000004" / "state.json").read_text())
+    state = json.loads((data_run / "train" / "checkpoints" / "step_00000004" / "state.json").read_text())
     assert (state["grad_scaler"] is not None) == (precision == "fp16")
     if precision == "fp16":
         assert state["grad_scaler"]["scale"] > 0
@@ -52,7 +52,7 @@ def test_memory_that_cannot_hold_one_sequence_is_refused_before_any_work(data_ru
     lines = err.strip().splitlines()
     assert code != 0 and lines[-1].startswith("error: train: even one sequence of 64 tokens"), err
     assert "Traceback" not in err
-    assert not (data_run / "checkpoints").exists() and not (data_run / "metrics.jsonl").exists()
+    assert not (data_run / "train" / "checkpoints").exists() and not (data_run / "train" / "metrics.jsonl").exists()
 
 
 def test_out_of_memory_is_one_line_with_the_estimators_suggestion(data_run, monkeypatch):

@@ -17,7 +17,7 @@ SETTINGS = ["--set", "model.size=tiny", "--set", "train.max_steps=24", "--set", 
 def test_sigkill_and_resume_is_bit_identical(data_run, tmp_path):
     expected = uninterrupted_losses(data_run, tmp_path / "reference", SETTINGS, steps=24)
 
-    ckpts = data_run / "checkpoints"
+    ckpts = data_run / "train" / "checkpoints"
     # 1) killed while a checkpoint folder is being written
     proc = lmforge_process("train", "--run-dir", str(data_run), *SETTINGS)
     kill_when(proc, lambda: ckpts.exists() and any(".tmp-" in p.name for p in ckpts.iterdir()))

@@ -57,8 +57,8 @@ def test_study_prunes_records_failures_and_writes_its_report(data_run, tmp_path)
     assert rows[0]["train.weight_decay"] == "0.0" and rows[1]["train.weight_decay"] == ""
     trial0 = load_recipe(tune_dir / "trial_00000" / "recipe.yaml")
     assert trial0.train.weight_decay == 0.0 and trial0.train.lr == 1e-2
-    assert not (tune_dir / "trial_00000" / "checkpoints").exists()  # trials keep no checkpoint by default
-    assert not (tune_dir / "trial_00000" / "tokens").exists()  # trials read the parent run's shards
+    assert not (tune_dir / "trial_00000" / "train" / "checkpoints").exists()  # trials keep no checkpoint by default
+    assert not (tune_dir / "trial_00000" / "pack").exists()  # trials read the parent run's shards
     # the report
     best = load_recipe(tune_dir / "best.yaml")
     assert best.name == "debug-best" and best.train.lr == 1e-2 and best.train.seq_len == 32

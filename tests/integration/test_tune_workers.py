@@ -42,7 +42,7 @@ def test_sigkill_and_rerun_continues_without_repeating(data_run, tmp_path):
         assert time.monotonic() < deadline, "kill point never reached"
         states = trials(db)
         running = [n for n, s in states.items() if s == "RUNNING"]
-        started = running and (tune_dir / f"trial_{running[0]:05d}" / "metrics.jsonl").exists()
+        started = running and (tune_dir / f"trial_{running[0]:05d}" / "train" / "metrics.jsonl").exists()
         if "COMPLETE" in states.values() and started:
             proc.send_signal(signal.SIGKILL)
             proc.wait()

@@ -5,7 +5,8 @@ import torch
 
 from lmforge.core.atomic import atomic_dir, atomic_write_text, remove_stale_temporaries
 from lmforge.errors import CheckpointError
-from lmforge.train.checkpoint import load_checkpoint, read_state, save_checkpoint
+from lmforge.checkpoint.formats import read_state, save_checkpoint
+from lmforge.checkpoint.load import load_checkpoint
 
 
 def make(seed=0):

@@ -9,7 +9,8 @@ from conftest import run_cli
 from lmforge.errors import RecipeError
 from lmforge.estimate.compute import estimate_compute
 from lmforge.estimate.memory import GIB, estimate_memory
-from lmforge.estimate.parallel import Parallel, resolve_parallel
+from lmforge.distributed.layout import Layout
+from lmforge.estimate.parallel import resolve_parallel
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import training_flops_per_token
 from lmforge.train.config import TrainConfig
@@ -30,13 +31,13 @@ def test_compute_is_6n_plus_attention_and_step_time_follows_peak_and_mfu():
 
 def test_sharding_divides_model_states_and_tensor_parallel_divides_activations():
     base = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda")
-    fsdp = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda", parallel=Parallel(fsdp=4))
+    fsdp = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda", parallel=Layout(dp_shard=4))
     assert fsdp.weights == pytest.approx(base.weights / 4, rel=1e-3)
     assert fsdp.optimizer_state == pytest.approx(base.optimizer_state / 4, rel=1e-3)
     assert fsdp.activations == base.activations
-    tp = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda", parallel=Parallel(tp=2))
+    tp = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda", parallel=Layout(tp=2))
     assert base.weights / 2 < tp.weights < base.weights and tp.activations < 0.75 * base.activations
-    ddp = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda", parallel=Parallel(dp=2))
+    ddp = estimate_memory(TINY, micro_batch=4, seq_len=256, device="cuda", parallel=Layout(dp_replicate=2))
     assert ddp.overhead - base.overhead == base.gradients  # DDP's gradient buckets
     mixed = estimate_memory(TINY, micro_batch=4, seq_len=256, precision="bf16", device="cuda")
     assert mixed.weights == base.weights and mixed.device_total > mixed.peak
@@ -52,30 +53,30 @@ def test_sharding_divides_model_states_and_tensor_parallel_divides_activations()
 def test_impossible_layouts_are_rejected_with_the_reason(kwargs, message):
     with pytest.raises(RecipeError, match=message.replace("*", r"\*").replace("(", r"\(").replace(")", r"\)")):
         resolve_parallel(TINY, 16, **kwargs)
-    assert resolve_parallel(TINY, 16, fsdp=2, tp=2, world_size=8) == Parallel(dp=2, fsdp=2, tp=2)
+    assert resolve_parallel(TINY, 16, fsdp=2, tp=2, world_size=8) == Layout(dp_replicate=2, dp_shard=2, tp=2)
 
 
 def test_auto_micro_batch_is_the_largest_divisor_that_fits():
     cfg = TrainConfig(batch_size=8, micro_batch_size="auto")
-    fits_two = _estimate(cfg, TINY, 256, 2, 4, CPU, 1).device_total
+    fits_two = _estimate(cfg, TINY, 256, 2, 4, CPU, Layout()).device_total
     cfg = cfg.model_copy(update={"memory_limit_gb": (fits_two + 1) / GIB})
-    assert plan_micro_batch(cfg, TINY, 256, 1, CPU) == 2
+    assert plan_micro_batch(cfg, TINY, 256, Layout(), CPU) == 2
     roomy = cfg.model_copy(update={"memory_limit_gb": 64.0})
-    assert plan_micro_batch(roomy, TINY, 256, 1, CPU) == 8
+    assert plan_micro_batch(roomy, TINY, 256, Layout(), CPU) == 8
     fixed = roomy.model_copy(update={"micro_batch_size": 4})
-    assert plan_micro_batch(fixed, TINY, 256, 1, CPU) == 4
+    assert plan_micro_batch(fixed, TINY, 256, Layout(), CPU) == 4
 
 
 def test_memory_that_cannot_fit_one_sequence_is_refused_before_any_work():
     cfg = TrainConfig(batch_size=8, memory_limit_gb=0.05)
     with pytest.raises(RecipeError, match="even one sequence of 256 tokens per micro-batch needs about"):
-        plan_micro_batch(cfg, TINY, 256, 1, CPU)
+        plan_micro_batch(cfg, TINY, 256, Layout(), CPU)
 
 
 def test_out_of_memory_becomes_one_line_with_a_suggestion():
     assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9"))
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and not is_out_of_memory(ValueError())
-    err = out_of_memory_error(TrainConfig(batch_size=16), TINY, 256, 16, 1, CPU)
+    err = out_of_memory_error(TrainConfig(batch_size=16), TINY, 256, 16, Layout(), CPU)
     text = str(err)
     assert "\n" not in text and "out of memory on cpu at micro-batch 16 x 256 tokens" in text
     assert "try train.micro_batch_size=8" in text and "train.activation_checkpointing=true" in text

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from lmforge.distributed.context import DistContext
-from lmforge.estimate.measure import RandomWindows
+from lmforge.train.measure import RandomWindows
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
 from lmforge.train.batches import BatchPlan
-from lmforge.train.checkpoint import load_checkpoint, save_checkpoint
+from lmforge.checkpoint.formats import save_checkpoint
+from lmforge.checkpoint.load import load_checkpoint
 from lmforge.train.config import OPTIMIZERS, TrainConfig
 from lmforge.train.loop import train_step
-from lmforge.train.memory import apply_activation_checkpointing
+from lmforge.distributed.parallelize import apply_activation_checkpointing
 from lmforge.train.optim import build_optimizer
 from lmforge.train.precision import precision_policy
 from lmforge.train.schedule import learning_rate

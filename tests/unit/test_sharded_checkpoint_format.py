@@ -8,20 +8,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lmforge.distributed.checkpoint import (
-    DCP_FORMAT,
-    _load_safetensors_into_sharded,
-    consolidated_weights,
-    load_training_checkpoint,
-    save_sharded,
-)
+from lmforge.checkpoint.export import export_checkpoint
+from lmforge.checkpoint.formats import read_state, save_checkpoint
+from lmforge.checkpoint.load import consolidated_weights, load_checkpoint
+from lmforge.checkpoint.sharded import DCP_FORMAT, load_safetensors_into_sharded, save_sharded
+from lmforge.checkpoint.training import load_training_checkpoint
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.export import export_checkpoint
-from lmforge.distributed.fused import model_views, permute_for_tp, split_fused, tp_row_order
+from lmforge.model.fused_layout import model_views, permute_for_tp, split_fused, tp_row_order
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelConfig
 from lmforge.model.decoder import Decoder
-from lmforge.train.checkpoint import load_checkpoint, read_state, save_checkpoint
 from lmforge.train.config import TrainConfig
 from lmforge.train.optim import build_optimizer
 
@@ -100,7 +96,7 @@ def test_dcp_round_trip_and_resume_across_formats(tmp_path):
 
     # a safetensors checkpoint goes through the loader of sharded models: canonical views, copied in place
     again, again_opt = trained(seed=2, steps=0)
-    _load_safetensors_into_sharded(tmp_path / "st", read_state(tmp_path / "st"), again, again_opt)
+    load_safetensors_into_sharded(tmp_path / "st", read_state(tmp_path / "st"), again, again_opt)
     assert all(torch.equal(x, y) for x, y in zip(model.parameters(), again.parameters()))
     for pid, entry in saved["state"].items():
         for key, value in entry.items():

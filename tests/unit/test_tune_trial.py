@@ -63,7 +63,7 @@ def test_complete_trial_records_tokens_and_drops_its_checkpoint(monkeypatch, tmp
     assert (state, value) == (TrialState.COMPLETE, 4.25)
     assert attrs["steps"] == 4 and attrs["tokens"] == 4 * 8 * 64
     assert "fail_reason" not in attrs and "prune_reason" not in attrs
-    assert (folder / "recipe.yaml").exists() and not (folder / "checkpoints").exists()
+    assert (folder / "recipe.yaml").exists() and not (folder / "train" / "checkpoints").exists()
     assert "lr: 0.001" in (folder / "recipe.yaml").read_text()
 
 
@@ -99,8 +99,8 @@ def test_trial_run_dir_reads_the_parent_data(tmp_path):
     parent = RunDir(tmp_path / "run")
     trial = SharedDataRunDir(tmp_path / "run" / "tune" / "trial_00003", parent)
     assert trial.tokens("train") == parent.tokens("train") and trial.tokenizer == parent.tokenizer
-    assert trial.metrics == tmp_path / "run" / "tune" / "trial_00003" / "metrics.jsonl"
-    assert trial.checkpoint(4).parent == trial.root / "checkpoints"
+    assert trial.metrics == tmp_path / "run" / "tune" / "trial_00003" / "train" / "metrics.jsonl"
+    assert trial.checkpoint(4).parent == trial.root / "train" / "checkpoints"
 
 
 def test_a_trial_taken_for_dead_by_another_worker_does_not_stop_this_one(monkeypatch, tmp_path):

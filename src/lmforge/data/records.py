@@ -16,7 +16,7 @@ from pathlib import Path
 from lmforge.data.config import SourceConfig
 from lmforge.data.document import Document, utf8_len
 from lmforge.data.line_streams import CorruptInput, iter_lines
-from lmforge.data.readers import SourceStats, is_code, relative_id
+from lmforge.data.source_stats import SourceStats, is_code, relative_id
 
 _LABEL_TYPES = (str, int, float, bool)
 

@@ -13,10 +13,10 @@ import dataclasses
 
 from lmforge.distributed.config import AUTO, ParallelConfig
 from lmforge.errors import RecipeError
-from lmforge.estimate.parallel import Parallel, check_fits
 from lmforge.model.config import ModelDims
 
 MESH_DIMS = ("dp_replicate", "dp_shard", "tp")
+
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
@@ -53,10 +53,6 @@ class Layout:
     def coordinate(self, rank: int) -> tuple[int, int, int]:
         return rank // (self.dp_shard * self.tp), rank // self.tp % self.dp_shard, rank % self.tp
 
-    def as_parallel(self) -> Parallel:
-        """The same degrees in the estimator's terms."""
-        return Parallel(dp=self.dp_replicate, fsdp=self.dp_shard, tp=self.tp)
-
     def describe(self) -> str:
         if self.world_size == 1:
             return "1 process"
@@ -73,6 +69,41 @@ class Layout:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# optimizers whose state is elementwise, so it shards and splits like the parameter it belongs to
+SHARDABLE_OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop", "lion")
+
+
+def check_fits(dp_replicate: int, dp_shard: int, tp: int, *, dims: ModelDims | None = None,
+               batch_size: int | None = None, seq_len: int | None = None, optimizer: str | None = None,
+               precision: str | None = None) -> None:
+    """Degrees that multiply to the world size must also fit the model, the batch, the optimizer and the
+    precision (for the estimator and for training alike): a one-line error naming the keys otherwise."""
+    sharded = dp_shard > 1 or tp > 1
+    if batch_size is not None and batch_size % (dp_replicate * dp_shard):
+        raise RecipeError(f"train.batch_size: {batch_size} sequences cannot be split evenly over "
+                          f"{dp_replicate * dp_shard} data-parallel ranks (parallel.dp_replicate x parallel.dp_shard = "
+                          f"{dp_replicate} x {dp_shard})")
+    if tp > 1 and dims is not None:
+        for what, count in (("model.n_heads", dims.n_heads), ("model.n_kv_heads", dims.n_kv_heads),
+                            ("model.ffn_hidden", dims.ffn_hidden), ("the vocabulary size", dims.vocab_size)):
+            if count % tp:
+                raise RecipeError(f"parallel.tp={tp} does not divide {what} ({count}): tensor parallelism splits it "
+                                  "evenly over the tp processes")
+    if dp_shard > 1 and dims is not None and dims.d_model % dp_shard:
+        raise RecipeError(f"parallel.dp_shard={dp_shard} does not divide model.d_model ({dims.d_model}): FSDP2 "
+                          "shards the fused q/k/v and gate/up projections on that dimension, and splits it evenly")
+    if tp > 1 and seq_len is not None and seq_len % tp:
+        raise RecipeError(f"parallel.tp={tp} does not divide train.seq_len ({seq_len}): sequence parallelism splits "
+                          "every sequence evenly over the tp processes")
+    if sharded and optimizer is not None and optimizer not in SHARDABLE_OPTIMIZERS:
+        raise RecipeError(f"train.optimizer={optimizer} is not supported with sharded parameters (parallel.dp_shard > 1 "
+                          f"or parallel.tp > 1); use one of {', '.join(SHARDABLE_OPTIMIZERS)}, or plain data "
+                          "parallelism (parallel.dp_replicate)")
+    if sharded and precision == "fp16":
+        raise RecipeError("train.precision=fp16 is not supported with sharded parameters (parallel.dp_shard > 1 or "
+                          "parallel.tp > 1): its gradient scaler is per process; use bf16")
 
 
 def resolve_layout(cfg: ParallelConfig, world_size: int, *, dims: ModelDims | None = None,

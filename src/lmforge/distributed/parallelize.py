@@ -23,14 +23,42 @@ from torch import nn
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.fused import clean_name, parts_of, permute_for_tp
+from lmforge.model.fused_layout import clean_name, parts_of, permute_for_tp
 from lmforge.train.config import TrainConfig
-from lmforge.train.memory import apply_memory_options
 
 
 class VocabParallelHead(nn.Linear):
     """The LM head under tensor parallelism: its own forward (so the decoder calls it and the TP hooks run),
     giving logits sharded over the vocabulary for ``loss_parallel``."""
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    for i, block in enumerate(model.layers):
+        model.layers[i] = checkpoint_wrapper(block)
+
+
+def compile_model_parts(model: nn.Module, head: bool = True) -> None:
+    """``torch.compile`` each block in place, and the final norm + LM head + loss (``Decoder.head``), where
+    the compiler fuses the cross-entropy over the vocabulary that eager mode runs as separate passes."""
+    for block in model.layers:
+        block.compile()
+    if head:
+        model.head = torch.compile(model.head)
+
+
+def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bool = False) -> None:
+    """``train.activation_checkpointing`` and ``train.compile``, block by block: checkpointing first, so the
+    compiled region is the checkpointed block, as torchtitan orders them. Under tensor parallelism each
+    compiled block is checkpointed instead: torch 2.13 fails to compile a checkpointed block of DTensors
+    (a DeviceMesh among the tensors saved for backward); the other order trains the same."""
+    if cfg.compile and tensor_parallel:  # the head stays eager: its loss runs on vocabulary shards (loss_parallel)
+        compile_model_parts(model, head=False)
+    if cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if cfg.compile and not tensor_parallel:
+        compile_model_parts(model)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:

@@ -7,15 +7,11 @@ import sys
 
 import click
 
-
-def _common(func):
-    from lmforge.cli import _common as common  # imported here: cli.py registers this command at its end
-
-    return common(func)
+from lmforge.command import common_options, resolve
 
 
 @click.command()
-@_common
+@common_options
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON instead of tables.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device to plan for (default: the recipe's).")
 @click.option("--gpu", help="GPU name for the peak FLOP/s table, e.g. H100, A100, L4 (implies --device cuda).")
@@ -38,17 +34,16 @@ def estimate(recipe, overrides, run_dir, as_json, device, gpu, device_memory_gb,
     """
     import torch
 
-    from lmforge.cli import _resolve
     from lmforge.core.device import peak_for_name
     from lmforge.errors import RecipeError
     from lmforge.estimate.memory import GIB
     from lmforge.estimate.report import build_report, default_memory_bytes, vocab_size_for
     from lmforge.train.precision import DTYPES
 
-    cfg, run_obj = _resolve(recipe, run_dir, overrides)
+    cfg, run_obj = resolve(recipe, run_dir, overrides)
     device = "cuda" if gpu else device or ("cuda" if cfg.train.device == "cuda" or
                                              (cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
-    vocab, vocab_source = vocab_size_for(cfg, run_obj.root)
+    vocab, vocab_source = vocab_size_for(cfg, run_obj)
     memory, memory_source = ((int(device_memory_gb * GIB), "--device-memory-gb") if device_memory_gb
                              else default_memory_bytes(cfg, device))
     peak, peak_source = None, "give --peak-tflops or --gpu"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from lmforge.estimate.activations import (
     FP32,
@@ -35,8 +36,9 @@ from lmforge.estimate.optimizer_state import (
     optimizer_step_working_bytes,
     parameter_shapes,
 )
-from lmforge.estimate.parallel import Parallel
+from lmforge.distributed.layout import Layout
 from lmforge.model.config import ModelDims
+from lmforge.train.config import TrainConfig
 
 GIB = 1024 ** 3
 CUDA_CONTEXT = 600 * 1024 ** 2  # CUDA context, kernels and cuBLAS workspaces: outside the allocator's count
@@ -99,11 +101,11 @@ def _parameter_bytes(dims: ModelDims, tp: int) -> _ParameterBytes:
 
 def estimate_memory(dims: ModelDims, *, micro_batch: int, seq_len: int, optimizer: str = "adamw",
                     momentum: float | None = None, precision: str = "fp32", activation_checkpointing: bool = False,
-                    accumulation: int = 1, device: str = "cpu", parallel: Parallel = Parallel()) -> MemoryEstimate:
+                    accumulation: int = 1, device: str = "cpu", parallel: Layout = Layout()) -> MemoryEstimate:
     """Memory of one optimizer update of ``accumulation`` micro-batches of ``micro_batch`` x ``seq_len``
     tokens on one device. ``momentum`` (SGD, RMSprop) decides whether a momentum buffer exists."""
     s = StepShape(dims, micro_batch, seq_len, precision, device, parallel.tp)
-    shard, L, ac = parallel.fsdp, dims.n_layers, activation_checkpointing
+    shard, L, ac = parallel.dp_shard, dims.n_layers, activation_checkpointing
     p = _parameter_bytes(dims, parallel.tp)
     weights = (L * p.block + p.outside) // shard
     gradients = weights
@@ -117,7 +119,7 @@ def estimate_memory(dims: ModelDims, *, micro_batch: int, seq_len: int, optimize
     head_cast = int(dims.vocab_size * dims.d_model * FP32 // parallel.tp * cast)
     rotary = dims.context_length * dims.head_dim * FP32  # cos and sin tables
     batch = micro_batch * (seq_len + 1) * 8  # int64 tokens
-    buckets = gradients if parallel.dp > 1 and shard == 1 else 0  # DDP's gradient buckets
+    buckets = gradients if parallel.dp_replicate > 1 and shard == 1 else 0  # DDP's gradient buckets
     gathered = (2 * p.block * s.compute_bytes // FP32 + p.block) if shard > 1 else 0  # FSDP all-gather/reduce
     overhead = rotary + batch + buckets + gathered
     persistent = weights + state + overhead
@@ -157,10 +159,24 @@ def estimate_memory(dims: ModelDims, *, micro_batch: int, seq_len: int, optimize
     return MemoryEstimate(weights, gradients, state, activations, overhead, peak, phase, runtime)
 
 
+def memory_limit_bytes(cfg: TrainConfig, device: torch.device) -> int:
+    """What one process may use: ``train.memory_limit_gb``, else the GPU's memory, else the machine's."""
+    if cfg.memory_limit_gb is not None:
+        return int(cfg.memory_limit_gb * GIB)
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def momentum_of(cfg: TrainConfig) -> float:
+    """The momentum the optimizer state estimate counts (RMSprop's or SGD's; others keep their own)."""
+    return cfg.rmsprop.momentum if cfg.optimizer == "rmsprop" else cfg.sgd.momentum
+
+
 def default_momentum(optimizer: str) -> float:
     """The recipe default of the momentum that decides whether SGD / RMSprop keep a buffer."""
-    from lmforge.train.config import TrainConfig
-
     defaults = TrainConfig()
     return defaults.rmsprop.momentum if optimizer == "rmsprop" else defaults.sgd.momentum
 

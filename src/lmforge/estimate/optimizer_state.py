@@ -1,7 +1,7 @@
 """Optimizer state and step working memory, per optimizer kind, from the model's real parameter shapes.
 
 The shapes come from the decoder built on the ``meta`` device (no memory, no compute), and the split into
-groups from the same predicates the optimizers use (``train/optim.py``), so tied embeddings, norms and
+groups from the same predicates the optimizers use (``model/parameter_kinds.py``), so tied embeddings, norms and
 Muon's matrices are counted exactly as training will hold them. All state is fp32.
 """
 
@@ -15,7 +15,7 @@ import torch
 from lmforge.estimate.activations import FP32
 from lmforge.model.config import ModelDims
 from lmforge.model.decoder import Decoder
-from lmforge.train.optim import is_decayed, is_hidden_matrix
+from lmforge.model.parameter_kinds import is_decayed, is_hidden_matrix
 
 
 # what each kind keeps per parameter (n elements; rows x cols for a matrix), in fp32 numbers

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from lmforge.errors import RecipeError
 from lmforge.estimate.compute import estimate_compute
-from lmforge.estimate.memory import GIB, MemoryEstimate, estimate_memory
-from lmforge.estimate.parallel import Parallel, resolve_parallel
+from lmforge.estimate.memory import GIB, MemoryEstimate, estimate_memory, memory_limit_bytes, momentum_of
+from lmforge.estimate.parallel import resolve_parallel
 from lmforge.recipe import RunConfig
-from lmforge.train.memory import momentum_of
+from lmforge.rundir import RunDir
+from lmforge.train.config import sequence_length
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def vocab_size_for(cfg: RunConfig, run_root: Path) -> tuple[int, str]:
+def vocab_size_for(cfg: RunConfig, run: RunDir) -> tuple[int, str]:
     """The trained tokenizer's vocabulary when the run has one, else the recipe's target size."""
-    tokenizer = Path(run_root) / "tokenizer" / "tokenizer.json"
+    tokenizer = run.tokenizer
     if tokenizer.exists():
         from tokenizers import Tokenizer
 
@@ -26,8 +26,6 @@ def vocab_size_for(cfg: RunConfig, run_root: Path) -> tuple[int, str]:
 
 def default_memory_bytes(cfg: RunConfig, device: str) -> tuple[int | None, str]:
     import torch
-
-    from lmforge.train.memory import memory_limit_bytes
 
     if cfg.train.memory_limit_gb is not None:
         source = "train.memory_limit_gb"
@@ -44,13 +42,11 @@ def build_report(cfg: RunConfig, vocab_size: int, *, device: str, memory_bytes: 
                  mfu: float, dp: int | None = None, fsdp: int = 1, tp: int = 1, world_size: int | None = None) -> dict:
     tc = cfg.train
     dims = cfg.model.dims(vocab_size)
-    from lmforge.train.loop import sequence_length  # the training loop's rule, and its error
-
-    seq_len = sequence_length(cfg, dims.context_length)
+    seq_len = sequence_length(cfg.train, dims.context_length)
     if not 0 < mfu <= 1:
         raise RecipeError(f"--mfu: must be in (0, 1], got {mfu}")
     par = resolve_parallel(dims, tc.batch_size, dp=dp, fsdp=fsdp, tp=tp, world_size=world_size)
-    per_rank = tc.batch_size // par.data_ranks
+    per_rank = tc.batch_size // par.dp
     micro = tc.micro_batch_size if isinstance(tc.micro_batch_size, int) else per_rank
     if per_rank % micro:
         raise RecipeError(f"train.micro_batch_size: {micro} must divide the per-device batch of {per_rank} sequences")
@@ -77,7 +73,7 @@ def build_report(cfg: RunConfig, vocab_size: int, *, device: str, memory_bytes: 
         "recipe": cfg.name, "model": {"size": cfg.model.size, **dims.to_dict()}, "device": device,
         "seq_len": seq_len, "batch_size": tc.batch_size, "micro_batch_size": micro, "per_device_batch": per_rank,
         "optimizer": tc.optimizer, "precision": tc.precision, "activation_checkpointing": tc.activation_checkpointing,
-        "parallel": {"dp": par.dp, "fsdp": par.fsdp, "tp": par.tp, "world_size": par.world_size},
+        "parallel": {"dp": par.dp_replicate, "fsdp": par.dp_shard, "tp": par.tp, "world_size": par.world_size},
         "compute": compute.as_dict(), "memory": table, "memory_available": memory_bytes, "fit": fit,
     }
 
@@ -99,4 +95,4 @@ def _fit(memory_at, limit: int, per_rank: int) -> dict:
 
 
 def describe_parallel(par: dict) -> str:
-    return Parallel(par["dp"], par["fsdp"], par["tp"]).describe()
+    return f"dp={par['dp']} fsdp={par['fsdp']} tp={par['tp']} ({par['dp'] * par['fsdp'] * par['tp']} device(s))"

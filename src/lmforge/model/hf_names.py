@@ -2,7 +2,7 @@
 
 Same math, another layout. HF keeps q/k/v and gate/up as separate projections where lmforge fuses each
 into one weight (rows ``[q; k; v]`` and ``[gate; up]``); the split is the canonical one of checkpoints
-and exports (``distributed/fused.py``), whose names are already HF's projection names. Rotary
+and exports (``model/fused_layout.py``), whose names are already HF's projection names. Rotary
 embeddings use the same half-split convention (HF's ``rotate_half``), so q and k rows need no
 permutation. Nothing else differs: no biases, RMSNorm with a weight, SwiGLU, grouped-query attention.
 
@@ -48,7 +48,7 @@ def to_hf_state_dict(state: Mapping[str, torch.Tensor], dims: ModelDims) -> dict
     """lmforge tensors by name (a ``Decoder`` state dict, its parameters' gradients, or an export's
     canonical entries) -> the same tensors under HF Llama's names; fused weights become views of their
     q/k/v and gate/up rows. A tied LM head keeps both names, as HF's own state dict does."""
-    from lmforge.distributed.fused import to_canonical
+    from lmforge.model.fused_layout import to_canonical
 
     return {hf_name(name): tensor for name, tensor in to_canonical(dict(state), dims).items()}
 

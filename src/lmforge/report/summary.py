@@ -1,10 +1,46 @@
-"""The short end-of-run summary printed by ``lmforge run``."""
+"""The end-of-run summary of ``lmforge run``: built only from the stages' ``<stage>/summary.json`` files,
+written to ``<run>/summary.json`` and printed as a short table."""
 
 from __future__ import annotations
 
-from rich.table import Table
+import json
 
 from rich.console import Console
+from rich.table import Table
+
+from lmforge.core.atomic import atomic_write_json
+from lmforge.errors import LmforgeError
+from lmforge.rundir import RunDir
+
+
+def _stage_summary(run: RunDir, stage: str) -> dict:
+    path = run.stage_summary(stage)
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LmforgeError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+
+
+def write_summary(run: RunDir) -> dict:
+    """Collect the headline numbers of a finished run into summary.json and return them."""
+    curate, pack, train = (_stage_summary(run, s) for s in ("curate", "pack", "train"))
+    results = _stage_summary(run, "eval")
+    summary = {
+        "run_dir": str(run.root),
+        "documents_read": curate.get("documents_read"),
+        "documents_kept": curate.get("documents_kept"),
+        "train_tokens": pack.get("train_tokens"),
+        "val_tokens": pack.get("val_tokens"),
+        "parameters": train.get("parameters"),
+        "steps": train.get("steps"),
+        "tokens_per_s": train.get("tokens_per_s"),
+        "before": results.get("before"),
+        "after": results.get("after"),
+    }
+    atomic_write_json(run.summary, summary)
+    return summary
 
 
 def _fmt(value, spec: str = ",") -> str:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from lmforge.core.config import StrictModel
+from lmforge.errors import RecipeError
 
 OptimizerName = Literal["adamw", "adam", "rmsprop", "sgd", "lion", "adafactor", "muon"]
 OPTIMIZERS: tuple[str, ...] = OptimizerName.__args__
@@ -90,3 +91,12 @@ class TrainConfig(StrictModel):
         if isinstance(micro, int) and micro > self.batch_size:
             raise ValueError(f"micro_batch_size ({micro}) must not exceed batch_size ({self.batch_size})")
         return self
+
+
+def sequence_length(train: TrainConfig, context_length: int) -> int:
+    """Tokens per training sequence: ``train.seq_len``, or the model's context length (the training loop's
+    rule, which the estimator and the optimizer comparison share)."""
+    seq_len = train.seq_len or context_length
+    if seq_len > context_length:
+        raise RecipeError(f"train.seq_len: {seq_len} exceeds the model context length {context_length}")
+    return seq_len

@@ -1,8 +1,6 @@
-"""Memory and speed around the training loop, applied from outside the model.
+"""Memory around the training loop (activation checkpointing and compile are applied from outside, by
+``distributed.parallelize``):
 
-- activation checkpointing: each ``model.layers[i]`` wrapped by torch's ``checkpoint_wrapper`` (as
-  torchtitan does); parameter and state-dict names are unchanged, so checkpoints stay interchangeable;
-- ``torch.compile`` of each block in place (opt-in);
 - the micro-batch: checked against the memory available before any work, or chosen (``auto``) as the
   largest that fits, gradient accumulation keeping the global batch;
 - an out-of-memory failure turned into one line with the estimator's suggestion;
@@ -12,46 +10,15 @@
 from __future__ import annotations
 
 import gc
-import os
 
 import torch
-from torch import nn
 
 from lmforge.core.progress import info
 from lmforge.errors import RecipeError, TrainingError
-from lmforge.estimate.memory import GIB, estimate_memory, largest_micro_batch
-from lmforge.estimate.parallel import Parallel
+from lmforge.distributed.layout import Layout
+from lmforge.estimate.memory import GIB, estimate_memory, largest_micro_batch, memory_limit_bytes, momentum_of
 from lmforge.model.config import ModelDims
 from lmforge.train.config import TrainConfig
-
-
-def apply_activation_checkpointing(model: nn.Module) -> None:
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-    for i, block in enumerate(model.layers):
-        model.layers[i] = checkpoint_wrapper(block)
-
-
-def compile_model_parts(model: nn.Module, head: bool = True) -> None:
-    """``torch.compile`` each block in place, and the final norm + LM head + loss (``Decoder.head``), where
-    the compiler fuses the cross-entropy over the vocabulary that eager mode runs as separate passes."""
-    for block in model.layers:
-        block.compile()
-    if head:
-        model.head = torch.compile(model.head)
-
-
-def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bool = False) -> None:
-    """``train.activation_checkpointing`` and ``train.compile``, block by block: checkpointing first, so the
-    compiled region is the checkpointed block, as torchtitan orders them. Under tensor parallelism each
-    compiled block is checkpointed instead: torch 2.13 fails to compile a checkpointed block of DTensors
-    (a DeviceMesh among the tensors saved for backward); the other order trains the same."""
-    if cfg.compile and tensor_parallel:  # the head stays eager: its loss runs on vocabulary shards (loss_parallel)
-        compile_model_parts(model, head=False)
-    if cfg.activation_checkpointing:
-        apply_activation_checkpointing(model)
-    if cfg.compile and not tensor_parallel:
-        compile_model_parts(model)
 
 
 def release_memory() -> None:
@@ -61,39 +28,19 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def memory_limit_bytes(cfg: TrainConfig, device: torch.device) -> int:
-    """What one process may use: ``train.memory_limit_gb``, else the GPU's memory, else the machine's."""
-    if cfg.memory_limit_gb is not None:
-        return int(cfg.memory_limit_gb * GIB)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def _parallel(parallel: Parallel | int) -> Parallel:
-    """Degrees of parallelism; a plain number is that many data-parallel replicas."""
-    return Parallel(dp=parallel) if isinstance(parallel, int) else parallel
-
-
 def _estimate(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, accumulation: int, device: torch.device,
-              parallel: Parallel | int):
+              parallel: Layout):
     return estimate_memory(dims, micro_batch=micro, seq_len=seq_len, optimizer=cfg.optimizer,
                            momentum=momentum_of(cfg), precision=cfg.precision,
                            activation_checkpointing=cfg.activation_checkpointing, accumulation=accumulation,
-                           device=device.type, parallel=_parallel(parallel))
+                           device=device.type, parallel=parallel)
 
 
-def momentum_of(cfg: TrainConfig) -> float:
-    """The momentum the optimizer state estimate counts (RMSprop's or SGD's; others keep their own)."""
-    return cfg.rmsprop.momentum if cfg.optimizer == "rmsprop" else cfg.sgd.momentum
-
-
-def plan_micro_batch(cfg: TrainConfig, dims: ModelDims, seq_len: int, parallel: Parallel | int,
+def plan_micro_batch(cfg: TrainConfig, dims: ModelDims, seq_len: int, parallel: Layout,
                      device: torch.device) -> int | None:
     """Check before any work that training fits memory; returns the micro-batch to use (None: the
     per-process batch). ``auto`` picks the largest divisor of the per-process batch that fits."""
-    parallel = _parallel(parallel)
-    per_rank = cfg.batch_size // parallel.data_ranks  # the layout check has made sure that it divides
+    per_rank = cfg.batch_size // parallel.dp  # the layout check has made sure that it divides
     limit = memory_limit_bytes(cfg, device)
 
     def fits(micro: int) -> bool:
@@ -125,11 +72,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
 
 
-def out_of_memory_error(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, parallel: Parallel | int,
+def out_of_memory_error(cfg: TrainConfig, dims: ModelDims, seq_len: int, micro: int, parallel: Layout,
                         device: torch.device) -> TrainingError:
     """One line: what ran out, what the estimator predicted, and what would fit."""
-    parallel = _parallel(parallel)
-    per_rank = cfg.batch_size // parallel.data_ranks
+    per_rank = cfg.batch_size // parallel.dp
     est = _estimate(cfg, dims, seq_len, micro, per_rank // micro, device, parallel)
     smaller = [m for m in range(1, micro) if per_rank % m == 0]
     hint = (f"try train.micro_batch_size={max(smaller)} (gradient accumulation keeps the batch) or "

@@ -14,19 +14,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lmforge.model.parameter_kinds import is_decayed, is_hidden_matrix
 from lmforge.train.config import TrainConfig
 from lmforge.train.lion import Lion
 from lmforge.train.muon import Muon
-
-
-def is_decayed(name: str, param: torch.Tensor) -> bool:
-    """Weight decay applies to matrices only: never to norms, biases or embeddings."""
-    return param.ndim >= 2 and "norm" not in name and "embed" not in name
-
-
-def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
-    """A 2-D weight inside the blocks (what Muon optimizes): not an embedding, the LM head or a norm."""
-    return param.ndim == 2 and "embed" not in name and "lm_head" not in name and "norm" not in name
 
 
 def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -38,10 +29,8 @@ def parameter_groups(model_or_params: nn.Module | Iterable[tuple[str, torch.Tens
     named = _trainable(model_or_params) if isinstance(model_or_params, nn.Module) else list(model_or_params)
     decay = [p for name, p in named if is_decayed(name, p)]
     no_decay = [p for name, p in named if not is_decayed(name, p)]
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # a group left empty by train(trainable=...) is dropped
 
 
 class OptimizerChain:

@@ -7,15 +7,11 @@ from pathlib import Path
 
 import click
 
-
-def _common(func):
-    from lmforge.cli import _common as common  # imported here: cli.py registers this command at its end
-
-    return common(func)
+from lmforge.command import common_options, resolve
 
 
 @click.command()
-@_common
+@common_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run trials in this many processes on this machine, sharing the study's storage.")
 @click.option("--worker-id", type=click.IntRange(min=0), hidden=True)
@@ -23,18 +19,22 @@ def _common(func):
 def tune(recipe, overrides, run_dir, workers, worker_id, tune_dir):
     """Search hyperparameters with Optuna: the space, sampler and pruner are the recipe's `tune:` section.
 
-    The data stages run once; each trial trains the recipe with its sampled values on those token
+    The data stages run first where needed; each trial trains the recipe with its sampled values on those token
     shards. The study lives in <run>/tune/study.db (or tune.storage); run the same command again to
     continue it. Writes <run>/tune/best.yaml, trials.csv, importances.json and plots.
     """
-    from lmforge.cli import _resolve
-    from lmforge.tune.study import run_study, run_worker_process
+    from lmforge import pipeline
+    from lmforge.tune.study import plan_study, run_study, run_worker_process
 
-    cfg, run_obj = _resolve(recipe, run_dir, overrides)
+    cfg, run = resolve(recipe, run_dir, overrides)
+    tune_dir = tune_dir or run.stage_dir("tune")
     if worker_id is not None:
-        run_worker_process(run_obj, cfg, tune_dir or run_obj.root / "tune", worker_id)
+        run_worker_process(run, cfg, tune_dir, worker_id)
         return
-    print_summary(run_study(run_obj, cfg, workers=workers, tune_dir=tune_dir))
+    pipeline.check_fits(run, cfg, ["pack"])  # the run's data fits the recipe: checked before plan_study writes
+    plan = plan_study(cfg, tune_dir)  # the space, the strategy and the storage: before any data work
+    pipeline.run_through(run, cfg, ["pack"], keep_recipe=True)  # the token shards every trial trains on
+    print_summary(run_study(run, cfg, workers=workers, tune_dir=tune_dir, plan=plan))
 
 
 MAX_ROWS = 30

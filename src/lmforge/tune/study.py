@@ -1,5 +1,5 @@
 """A hyperparameter study, top to bottom: check the search space, the strategy and the storage (before any
-work); prepare the parent run's data once; create or continue the study; run its trials in this process
+work); on the parent run's token shards (made by the pipeline first), create or continue the study; run its trials in this process
 or in N worker processes sharing the storage; write the report."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-from lmforge import pipeline
 from lmforge.core import progress
 from lmforge.core.atomic import atomic_write_text
 from lmforge.errors import TuneError
@@ -46,15 +45,15 @@ def plan_study(cfg: RunConfig, tune_dir: Path) -> Plan:
     return Plan(order, grid, url, planned_trials(cfg, grid))
 
 
-def run_study(run: RunDir, cfg: RunConfig, *, workers: int = 1, tune_dir: Path | None = None) -> dict:
-    """Run (or continue) the study of ``cfg.tune`` on ``run``'s data; returns the report's summary."""
+def run_study(run: RunDir, cfg: RunConfig, *, workers: int = 1, tune_dir: Path | None = None,
+              plan: Plan | None = None) -> dict:
+    """Run (or continue) the study of ``cfg.tune`` on ``run``'s token shards (the pipeline has made them);
+    returns the report's summary. ``plan``: ``plan_study``'s, when it already ran."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tune_dir = Path(tune_dir or run.root / "tune")
-    pipeline.check_data_fits(run, cfg, TuneError)  # before plan_study creates the tune folder
-    plan = plan_study(cfg, tune_dir)
-    pipeline.prepare_shared_data(run, cfg, TuneError)
+    tune_dir = Path(tune_dir or run.stage_dir("tune"))
+    plan = plan or plan_study(cfg, tune_dir)
     storage = open_storage(plan.url, cfg.tune.heartbeat_s)
     study = open_study(cfg, storage, plan.url, build_sampler(cfg, 0), build_pruner(cfg), create=True)
     if plan.grid is not None:

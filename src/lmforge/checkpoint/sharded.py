@@ -15,8 +15,8 @@ q/k/v and gate/up, see ``fused.py``), so any layout loads any other: a run saved
 1, on 4, or with tensor parallelism. The folder is built as ``step_N.tmp-dcp`` by all processes and
 renamed by rank 0 once complete, so an interrupted write is never taken for a finished checkpoint.
 
-Runs whose parameters are not sharded (one process, DDP) keep ``train/checkpoint.py``'s safetensors
-files; both formats load into every layout.
+Runs whose parameters are not sharded (one process, DDP) keep ``formats.py``'s safetensors files; both
+formats load into every layout (``training.py``).
 """
 
 from __future__ import annotations
@@ -35,19 +35,17 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lmforge.core.atomic import TMP_MARK, fsync_dir
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.fused import canonical_entries, clean_name, model_views, to_canonical
+from lmforge.model.fused_layout import canonical_entries, clean_name, model_views, to_canonical
 from lmforge.distributed.parallelize import reshard
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelDims
-from lmforge.train.checkpoint import (
+from lmforge.checkpoint.formats import (
     MODEL_FILE,
     OPTIMIZER_FILE,
     STATE_FILE,
     capture_rng,
-    load_checkpoint,
     read_state,
     restore_rng,
-    save_checkpoint,
     sha256_file,
 )
 
@@ -159,16 +157,6 @@ def save_sharded(path: Path, model: torch.nn.Module, optimizer, state: dict, ctx
     ctx.barrier()
 
 
-def save_training_checkpoint(path: Path, model: torch.nn.Module, optimizer, state: dict, ctx: DistContext) -> None:
-    """Sharded layouts: DCP from every process. One process or DDP: rank 0 writes safetensors."""
-    if ctx.layout.sharded:
-        save_sharded(path, model, optimizer, state, ctx)
-        return
-    if ctx.is_main:
-        save_checkpoint(path, model, optimizer, dict(state, format="safetensors"))
-    ctx.barrier()
-
-
 # --- load ------------------------------------------------------------------------------------------
 def agreed_state(path: Path, ctx: DistContext) -> dict:
     """``state.json`` after rank 0 has checked the integrity manifest; every rank raises if it failed."""
@@ -183,7 +171,7 @@ def agreed_state(path: Path, ctx: DistContext) -> dict:
     return read_state(path, verify=False)
 
 
-def _dcp_load(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def dcp_load(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """DCP's load into ``tensors`` in place; in one process without a process group when there is none."""
     from torch.distributed.checkpoint import HuggingFaceStorageReader, load
 
@@ -204,7 +192,7 @@ def _check_fits(path: Path, wanted: dict[str, torch.Tensor], reader) -> None:
         raise CheckpointError(f"checkpoint {path}: tensor shapes do not fit this model: {wrong[:2]}")
 
 
-def _load_dcp(path: Path, state: dict, model: torch.nn.Module, optimizer) -> None:
+def load_dcp_into(path: Path, state: dict, model: torch.nn.Module, optimizer) -> None:
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
     reshard(model)
@@ -216,7 +204,7 @@ def _load_dcp(path: Path, state: dict, model: torch.nn.Module, optimizer) -> Non
         wanted.update(optimizer_entries(model, optimizer, dims)[0])
     try:
         _check_fits(path, wanted, HuggingFaceStorageReader(str(path)))
-        _dcp_load(wanted, path)
+        dcp_load(wanted, path)
     except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
     if optimizer is not None and meta is not None:
@@ -246,7 +234,7 @@ def full_model_tensors(path: Path, dims: ModelDims) -> dict[str, torch.Tensor]:
     return to_canonical(full, dims)
 
 
-def _load_safetensors_into_sharded(path: Path, state: dict, model: torch.nn.Module, optimizer) -> None:
+def load_safetensors_into_sharded(path: Path, state: dict, model: torch.nn.Module, optimizer) -> None:
     reshard(model)
     dims = model.dims
     full = full_model_tensors(path, dims)
@@ -284,52 +272,3 @@ def _load_safetensors_into_sharded(path: Path, state: dict, model: torch.nn.Modu
     _restore_groups(optimizer, meta["param_groups"])
     for pid, entry in meta["scalars"].items():
         optimizer.state[params[int(pid)]].update(entry)
-
-
-def load_dcp_checkpoint(path: Path, model: torch.nn.Module, optimizer=None, restore_rng_state: bool = True,
-                        verified_state: dict | None = None) -> dict:
-    """Verify, then load a DCP checkpoint into a model that is not distributed (eval, export, one process)."""
-    state = verified_state or read_state(path, verify=True)
-    _load_dcp(Path(path), state, model, optimizer)
-    if restore_rng_state:
-        restore_rng(state["rng"])
-    return state
-
-
-def load_training_checkpoint(path: Path, model: torch.nn.Module, optimizer, ctx: DistContext) -> dict:
-    """Load any checkpoint (safetensors or DCP) into a model of any layout; returns its JSON state."""
-    path = Path(path)
-    fmt = read_state(path, verify=False).get("format", "safetensors")
-    if fmt != DCP_FORMAT and not ctx.layout.sharded:
-        return load_checkpoint(path, model, optimizer)  # every rank verifies and loads the whole files
-    state = agreed_state(path, ctx)
-    if fmt == DCP_FORMAT:
-        _load_dcp(path, state, model, optimizer)
-    else:
-        _load_safetensors_into_sharded(path, state, model, optimizer)
-    restore_rng(state["rng"])
-    return state
-
-
-def consolidated_weights(path: Path, optimizer: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """Whole weights of any checkpoint under canonical names, and its state (verified first).
-
-    With ``optimizer`` (DCP checkpoints), the optimizer state too: every entry, ``model.``/``optim.`` prefixed."""
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
-
-    path = Path(path)
-    state = read_state(path, verify=True)
-    try:
-        dims = ModelDims(**state["resume_key"]["model"])
-    except (KeyError, TypeError):
-        raise CheckpointError(f"checkpoint {path}: state.json does not describe a model") from None
-    if state.get("format") != DCP_FORMAT:
-        return {k: v.contiguous().clone() for k, v in full_model_tensors(path, dims).items()}, state
-    try:
-        saved = HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata
-        weights = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in saved.items()
-                   if optimizer or k.startswith(MODEL)}
-        _dcp_load(weights, path)
-    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
-    return (weights if optimizer else {k[len(MODEL):]: v for k, v in weights.items()}), state

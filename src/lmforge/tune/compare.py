@@ -19,7 +19,6 @@ import math
 import shutil
 import time
 
-from lmforge import pipeline
 from lmforge.core import progress
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.metrics import read_metrics
@@ -44,6 +43,41 @@ def plan_runs(cfg: RunConfig, optimizers: list[str], lr_factors: list[float]) ->
     return [(o, float(f"{cfg.train.lr * LR_RATIO[o] * f:.3g}")) for o in optimizers for f in sorted(set(lr_factors))]
 
 
+def check_compare(cfg: RunConfig, optimizers: list[str], lr_factors: list[float], steps: int):
+    """The runs to train, or a one-line error for bad names, factors or steps (before any work)."""
+    if steps < 2:
+        raise RecipeError(f"--steps: {steps} is too few to compare optimizers (at least 2)")
+    return plan_runs(cfg, optimizers, lr_factors)
+
+
+def run_compare(run: RunDir, cfg: RunConfig, *, optimizers: list[str], lr_factors: list[float], steps: int,
+                device) -> dict:
+    """Train every run (on the token shards the pipeline made), then write the report and ``summary.json``
+    in ``<run>/optimizers/``; returns the summary (rows, settings, recommendation)."""
+    from lmforge.data.packing import TokenShards
+    from lmforge.estimate.memory import default_momentum
+    from lmforge.train.config import sequence_length
+    from lmforge.tune.compare_report import recommend, summarize, write_report
+
+    results = compare_optimizers(run, cfg, optimizers=optimizers, lr_factors=lr_factors, steps=steps, device=device)
+    dims = cfg.model.dims(TokenShards(run.tokens("train")).vocab_size)
+    seq_len = sequence_length(cfg.train, dims.context_length)
+    per_step = cfg.train.batch_size * seq_len
+    momentum = {n: cfg.train.rmsprop.momentum if n == "rmsprop" else
+                cfg.train.sgd.momentum if n == "sgd" else default_momentum(n) for n in optimizers}
+    rows = summarize(results, dims, per_step, momentum)
+    text = recommend(rows)
+    settings = {"recipe": cfg.name, "steps": steps, "tokens_per_step": per_step, "tokens": steps * per_step,
+                "batch_size": cfg.train.batch_size, "seq_len": seq_len, "lr_factors": lr_factors,
+                "lr_centres": {n: cfg.train.lr * LR_RATIO[n] for n in optimizers}, "schedule": cfg.train.schedule,
+                "precision": cfg.train.precision, "model": cfg.model.size, "seed": cfg.seed}
+    out = run.stage_dir("optimizers")
+    write_report(out, results, rows, text, settings)
+    summary = {"rows": rows, "settings": settings, "recommendation": text}
+    atomic_write_json(run.stage_summary("optimizers"), summary)
+    return summary
+
+
 def run_config(cfg: RunConfig, optimizer: str, lr: float, steps: int) -> RunConfig:
     raw = cfg.model_dump(mode="json")
     raw["train"].update(optimizer=optimizer, lr=lr, max_steps=steps, checkpoint_every=steps, keep_checkpoints=1,
@@ -58,11 +92,8 @@ def compare_optimizers(run: RunDir, cfg: RunConfig, *, optimizers: list[str], lr
     from lmforge.distributed.context import DistContext
     from lmforge.train.loop import train
 
-    if steps < 2:
-        raise RecipeError(f"--steps: {steps} is too few to compare optimizers (at least 2)")
-    plan = plan_runs(cfg, optimizers, lr_factors)
-    pipeline.prepare_shared_data(run, cfg)
-    out = run.root / "optimizers"
+    plan = check_compare(cfg, optimizers, lr_factors, steps)
+    out = run.stage_dir("optimizers")
     results = []
     for i, (optimizer, lr) in enumerate(plan):
         run_cfg = run_config(cfg, optimizer, lr, steps)

@@ -12,19 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import click
-
-
-def _common(func):
-    from lmforge.cli import _common as common  # imported here: cli.py registers this command at its end
-
-    return common(func)
+from lmforge.rundir import RunDir
 
 
 def default_output(checkpoint: Path) -> Path:
     """``<run>/export/step_N.safetensors`` for a run's checkpoint, else beside the checkpoint folder."""
-    if checkpoint.parent.name == "checkpoints":
-        return checkpoint.parent.parent / "export" / f"{checkpoint.name}.safetensors"
+    if len(checkpoint.parents) > 2 and RunDir(checkpoint.parents[2]).checkpoints == checkpoint.parent:
+        return RunDir(checkpoint.parents[2]).stage_dir("export") / f"{checkpoint.name}.safetensors"
     return checkpoint.with_name(f"{checkpoint.name}.safetensors")
 
 
@@ -44,37 +38,19 @@ def export_checkpoint(checkpoint: Path, output: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
+    from lmforge.checkpoint.load import consolidated_weights
     from lmforge.core.atomic import atomic_write_with
-    from lmforge.distributed.checkpoint import consolidated_weights
     from lmforge.errors import LmforgeError
 
     check_output(output)
     weights, state = consolidated_weights(checkpoint)
     metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(state["resume_key"]["model"]),
                 "lmforge.step": str(state["step"]), "lmforge.source_format": state.get("format", "safetensors")}
+    if "seq_len" in state["resume_key"]:  # what the model was trained with (evaluation scores at it)
+        metadata["lmforge.seq_len"] = str(state["resume_key"]["seq_len"])
     try:
         atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
         raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc
     return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
             "step": state["step"], "source_format": metadata["lmforge.source_format"]}
-
-
-@click.command()
-@_common
-@click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Checkpoint folder (default: the run's latest).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="File to write (default: <run>/export/step_N.safetensors).")
-def export(recipe, overrides, run_dir, checkpoint, output):
-    """Consolidate a checkpoint (sharded or not) into one safetensors file with canonical tensor names."""
-    from lmforge.cli import _resolve
-    from lmforge.evaluate.stage import pick_checkpoint
-
-    if checkpoint is None:
-        _, run_obj = _resolve(recipe, run_dir, overrides)
-        checkpoint = pick_checkpoint(run_obj, None)
-    checkpoint = checkpoint.resolve()  # "." names no folder: its output would have no name
-    result = export_checkpoint(checkpoint, output or default_output(checkpoint))
-    click.echo(f"exported step {result['step']} ({result['source_format']}): {result['tensors']} tensors, "
-               f"{result['parameters']:,} parameters -> {result['output']}")

@@ -1,4 +1,5 @@
-"""Checkpoints without pickle: weights and optimizer tensors in safetensors, everything else in JSON.
+"""The checkpoint format of one process (and DDP): weights and optimizer tensors in safetensors, everything
+else in JSON, never pickle.
 
 A checkpoint is a folder ``step_NNNNNNNN/`` built under a temporary name and renamed into place, so a
 kill during the write never leaves something that looks finished. ``state.json`` records the SHA-256 of
@@ -117,17 +118,10 @@ def read_state(path: Path, verify: bool = True) -> dict:
     return state
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng_state: bool = True) -> dict:
-    """Verify, then load weights (and optimizer state and RNG) in place; returns the JSON state.
-
-    A sharded (DCP) checkpoint loads too, into this model that is not distributed."""
-    path = Path(path)
-    state = read_state(path)
-    if state.get("format", "safetensors") != "safetensors":
-        from lmforge.distributed.checkpoint import load_dcp_checkpoint
-
-        return load_dcp_checkpoint(path, model, optimizer, restore_rng_state, verified_state=state)
+def load_safetensors(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict,
+                     restore_rng_state: bool = True) -> dict:
+    """Load the weights (and optimizer state and RNG) of a safetensors checkpoint whose ``state`` was read
+    and verified by ``read_state``, in place; returns the JSON state."""
     try:
         missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=False)
     except (SafetensorError, RuntimeError, OSError) as exc:

@@ -6,11 +6,7 @@ import sys
 
 import click
 
-
-def _common(func):
-    from lmforge.cli import _common as common  # imported here: cli.py registers this group at its end
-
-    return common(func)
+from lmforge.command import common_options, device_for, resolve
 
 
 @click.group()
@@ -26,7 +22,7 @@ def _floats(ctx, param, value: str) -> list[float]:
 
 
 @optimizers.command()
-@_common
+@common_options
 @click.option("--optimizers", "names", default="adamw,adam,rmsprop,sgd,lion,adafactor,muon", show_default=True,
               help="Comma-separated optimizers to compare.")
 @click.option("--steps", type=click.IntRange(min=2), help="Training steps per run (default: train.max_steps); every "
@@ -39,35 +35,18 @@ def compare(recipe, overrides, run_dir, names, steps, lr_factors):
     Runs the recipe's data stages first if needed. Writes <run>/optimizers/: results.json, results.csv,
     loss_curves.png and recommendation.txt; a run already done with the same settings is reused.
     """
-    from lmforge.cli import _device, _resolve
-    from lmforge.data.packing import TokenShards
-    from lmforge.estimate.memory import default_momentum
-    from lmforge.train.compare import LR_RATIO, compare_optimizers
-    from lmforge.train.compare_report import recommend, summarize, write_report
-    from lmforge.train.loop import sequence_length
+    from lmforge import pipeline
+    from lmforge.tune.compare import check_compare, run_compare
 
-    cfg, run_obj = _resolve(recipe, run_dir, overrides)
+    cfg, run = resolve(recipe, run_dir, overrides)
     names_list = [n.strip() for n in names.split(",") if n.strip()]
     steps = steps or cfg.train.max_steps
-    results = compare_optimizers(run_obj, cfg, optimizers=names_list, lr_factors=lr_factors, steps=steps,
-                                 device=_device(cfg))
-    shards = TokenShards(run_obj.tokens("train"))
-    dims = cfg.model.dims(shards.vocab_size)
-    seq_len = sequence_length(cfg, dims.context_length)
-    per_step = cfg.train.batch_size * seq_len
-    momentum = {n: cfg.train.rmsprop.momentum if n == "rmsprop" else
-                cfg.train.sgd.momentum if n == "sgd" else default_momentum(n) for n in names_list}
-    rows = summarize(results, dims, per_step, momentum)
-    text = recommend(rows)
-    settings = {"recipe": cfg.name, "steps": steps, "tokens_per_step": per_step, "tokens": steps * per_step,
-                "batch_size": cfg.train.batch_size, "seq_len": seq_len, "lr_factors": lr_factors,
-                "lr_centres": {n: cfg.train.lr * LR_RATIO[n] for n in names_list}, "schedule": cfg.train.schedule,
-                "precision": cfg.train.precision, "model": cfg.model.size, "seed": cfg.seed}
-    out = run_obj.root / "optimizers"
-    write_report(out, results, rows, text, settings)
-    print_table(rows, settings)
-    click.echo(text)
-    click.echo(f"report: {out} (results.json, results.csv, loss_curves.png, recommendation.txt)")
+    check_compare(cfg, names_list, lr_factors, steps)  # before any data work
+    pipeline.run_through(run, cfg, ["pack"], keep_recipe=True)  # the token shards every run trains on
+    summary = run_compare(run, cfg, optimizers=names_list, lr_factors=lr_factors, steps=steps, device=device_for(cfg))
+    print_table(summary["rows"], summary["settings"])
+    click.echo(summary["recommendation"])
+    click.echo(f"report: {run.stage_dir('optimizers')} (results.json, results.csv, loss_curves.png, recommendation.txt)")
 
 
 def print_table(rows: list[dict], settings: dict) -> None:

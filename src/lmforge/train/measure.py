@@ -84,7 +84,8 @@ def measure_training_peak(dims: ModelDims, *, micro_batch: int, seq_len: int, ac
     from lmforge.train.batches import BatchPlan
     from lmforge.train.config import TrainConfig
     from lmforge.train.loop import train_step
-    from lmforge.train.memory import apply_activation_checkpointing, release_memory
+    from lmforge.distributed.parallelize import apply_activation_checkpointing
+    from lmforge.train.memory import release_memory
     from lmforge.train.optim import build_optimizer
     from lmforge.train.precision import precision_policy
 

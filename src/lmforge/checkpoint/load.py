@@ -1,0 +1,176 @@
+"""The one way in to a trained model, for every stage and command: ``pick`` a checkpoint, ``load_model`` it.
+
+Kinds that load: a run directory (its latest or best checkpoint), a checkpoint folder written by one
+process or DDP (safetensors) or by a sharded run (DCP), and a file written by ``lmforge export``. A folder's
+integrity manifest (the SHA-256 of every file, in ``state.json``) is checked before any tensor is parsed;
+an exported file is plain safetensors (a JSON header and raw tensors, nothing executable).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state, restore_rng
+from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
+from lmforge.core.metrics import read_metrics
+from lmforge.data.tokenizer import load_tokenizer
+from lmforge.model.fused_layout import model_views
+from lmforge.errors import CheckpointError
+from lmforge.model.config import ModelDims
+from lmforge.model.decoder import Decoder
+from lmforge.rundir import RunDir
+
+CHOICES = ("latest", "best")
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    model: Decoder  # in eval mode, on the device asked for
+    state: dict  # the checkpoint's state.json (an exported file: step, model and seq_len from its metadata)
+    path: Path  # the checkpoint folder or file that was loaded
+    tokenizer: object | None  # the run's tokenizers.Tokenizer, when the checkpoint lies inside a run directory
+
+    @property
+    def step(self) -> int:
+        return self.state["step"]
+
+    @property
+    def seq_len(self) -> int:
+        """The sequence length it was trained with."""
+        return self.state["resume_key"]["seq_len"]
+
+
+def pick(run: RunDir, choice: str | Path | None = None) -> Path:
+    """The checkpoint ``choice`` names: ``latest`` (also None), ``best`` (the lowest validation loss logged at
+    a kept checkpoint's step), or a path (a run directory, a checkpoint folder, an exported file)."""
+    if choice is None or str(choice) == "latest":
+        return _latest(run)
+    if str(choice) == "best":
+        return _best(run)
+    path = Path(choice)
+    if path.is_dir() and not (path / STATE_FILE).exists() and (path / "stages.json").exists():
+        return _latest(RunDir(path))  # a run directory
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best)")
+    return path
+
+
+def _latest(run: RunDir) -> Path:
+    latest = run.latest_checkpoint()
+    if latest is None:
+        raise CheckpointError(f"{run.checkpoints}: no checkpoint; train first (lmforge train)")
+    return latest[1]
+
+
+def _best(run: RunDir) -> Path:
+    kept = dict(run.list_checkpoints())
+    if not kept:
+        raise CheckpointError(f"{run.checkpoints}: no checkpoint; train first (lmforge train)")
+    scored = {r["step"]: r["val_loss"] for r in read_metrics(run.metrics)
+              if r.get("kind") == "eval" and r.get("step") in kept and math.isfinite(r.get("val_loss", math.nan))}
+    if not scored:
+        raise CheckpointError(f"{run.checkpoints}: no kept checkpoint has a validation loss in {run.metrics} "
+                              "(checkpoint steps are not evaluation steps); use latest or a path")
+    return kept[min(scored, key=lambda step: (scored[step], -step))]
+
+
+def model_dims(path: Path, state: dict) -> ModelDims:
+    """The decoder a checkpoint's state describes."""
+    try:
+        return ModelDims(**state["resume_key"]["model"])
+    except (KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {path}: {STATE_FILE} does not describe a model") from None
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng_state: bool = True) -> dict:
+    """Verify, then load any checkpoint folder (safetensors or DCP) into a model that is not distributed, in
+    place (with optimizer state and RNG where asked); returns its JSON state."""
+    path = Path(path)
+    state = read_state(path, verify=True)
+    if state.get("format", "safetensors") == DCP_FORMAT:
+        load_dcp_into(path, state, model, optimizer)
+        if restore_rng_state:
+            restore_rng(state["rng"])
+        return state
+    return load_safetensors(path, model, optimizer, state, restore_rng_state)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Build the decoder a checkpoint folder or exported file describes and load its weights."""
+    path = Path(path)
+    if path.is_file():
+        model, state = _load_exported(path)
+    else:
+        state = read_state(path, verify=True)
+        model = Decoder(model_dims(path, state))
+        load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
+    tokenizer = _run_tokenizer(path)
+    return LoadedModel(model.to(device).eval(), state, path, load_tokenizer(tokenizer) if tokenizer else None)
+
+
+def _load_exported(path: Path) -> tuple[Decoder, dict]:
+    """A file of ``lmforge export``: canonical tensor names, the model dimensions in its metadata."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        dims = ModelDims(**json.loads(meta["lmforge.model"]))
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {path}: a safetensors file without lmforge's model metadata "
+                              "(lmforge.model); not written by lmforge export") from None
+    model = Decoder(dims)
+    views = model_views(model, dims)
+    if set(tensors) != set(views):
+        raise CheckpointError(f"checkpoint {path}: tensors do not fit the model its metadata describes "
+                              f"(missing {sorted(set(views) - set(tensors))[:3]}, "
+                              f"unexpected {sorted(set(tensors) - set(views))[:3]})")
+    with torch.no_grad():
+        for name, view in views.items():
+            if tuple(tensors[name].shape) != tuple(view.shape):
+                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(tensors[name].shape)}, "
+                                      f"the model {tuple(view.shape)}")
+            view.copy_(tensors[name])
+    seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
+    state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
+             "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
+    return model, state
+
+
+def _run_tokenizer(path: Path) -> Path | None:
+    """The tokenizer of the run directory the checkpoint lies in (the nearest folder above that has one)."""
+    for folder in path.absolute().parents:
+        tokenizer = RunDir(folder).tokenizer
+        if tokenizer.exists():
+            return tokenizer
+    return None
+
+
+def consolidated_weights(path: Path, optimizer: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
+    """Whole weights of any checkpoint folder under canonical names, and its state (verified first).
+
+    With ``optimizer`` (DCP checkpoints), the optimizer state too: every entry, ``model.``/``optim.`` prefixed."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    path = Path(path)
+    state = read_state(path, verify=True)
+    dims = model_dims(path, state)
+    if state.get("format") != DCP_FORMAT:
+        return {k: v.contiguous().clone() for k, v in full_model_tensors(path, dims).items()}, state
+    try:
+        saved = HuggingFaceStorageReader(str(path)).read_metadata().state_dict_metadata
+        weights = {k: torch.empty(md.size, dtype=md.properties.dtype) for k, md in saved.items()
+                   if optimizer or k.startswith(MODEL)}
+        dcp_load(weights, path)
+    except (SafetensorError, OSError, RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path}: cannot load: {str(exc).strip().splitlines()[0]}") from None
+    return (weights if optimizer else {k[len(MODEL):]: v for k, v in weights.items()}), state

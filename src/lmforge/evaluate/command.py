@@ -1,0 +1,57 @@
+"""``lmforge eval`` and ``lmforge generate``."""
+
+from __future__ import annotations
+
+import click
+
+from lmforge.command import common_options, device_for, require_run_dir, resolve
+
+CHECKPOINT_HELP = "Checkpoint: latest (default), best (lowest validation loss), or a path (a checkpoint folder, " \
+                  "an exported file, a run directory)."
+
+
+@click.command("eval")
+@common_options
+@click.option("--checkpoint", type=click.Path(path_type=str), help=CHECKPOINT_HELP)
+def eval_(recipe, overrides, run_dir, checkpoint):
+    """Validation loss, perplexity and bits per byte before and after training."""
+    from lmforge import pipeline
+
+    cfg, run = resolve(recipe, run_dir, overrides)
+    require_run_dir(run)
+    results = pipeline.run_alone(run, cfg, "eval", pipeline.Options(checkpoint=checkpoint), again=True)
+    click.echo(f"val loss {results['after']['loss']:.4f}  perplexity {results['after']['perplexity']:.2f}  "
+               f"bits/byte {results['after']['bits_per_byte']:.4f}  ({results['checkpoint']})")
+
+
+@click.command()
+@common_options
+@click.option("--prompt", help="Text to continue (default: generate.prompt of the recipe).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1))
+@click.option("--temperature", type=click.FloatRange(min=0), help="0 means greedy.")
+@click.option("--top-k", type=click.IntRange(min=1))
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
+@click.option("--num-samples", type=click.IntRange(min=1))
+@click.option("--seed", type=int)
+@click.option("--no-cache", is_flag=True, help="Recompute the whole sequence each step (slow reference path).")
+@click.option("--checkpoint", type=click.Path(path_type=str), help=CHECKPOINT_HELP)
+def generate(recipe, overrides, run_dir, prompt, max_new_tokens, temperature, top_k, top_p, num_samples, seed,
+             no_cache, checkpoint):
+    """Continue a prompt with the trained model (KV cache, temperature, top-k, top-p)."""
+    from lmforge.errors import LmforgeError
+    from lmforge.evaluate.stage import sample_texts
+
+    cfg, run = resolve(recipe, run_dir, overrides)
+    require_run_dir(run)
+    for key, value in dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                           num_samples=num_samples, seed=seed).items():
+        if value is not None:
+            setattr(cfg.generate, key, value)
+    text = cfg.generate.prompt if prompt is None else prompt
+    if not text:
+        raise LmforgeError("--prompt: the prompt is empty")
+    for sample in sample_texts(run, cfg, device_for(cfg), prompt=text, checkpoint=checkpoint,
+                               use_cache=not no_cache):
+        click.echo(sample["prompt"] + sample["completion"])
+        if cfg.generate.num_samples > 1:
+            click.echo("-" * 40)

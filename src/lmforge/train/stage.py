@@ -1,0 +1,66 @@
+"""The train stage: in this process, or in the processes of a ``Launch`` through torchrun (each of them runs
+``lmforge train --worker``, which calls ``train_worker``)."""
+
+from __future__ import annotations
+
+import json
+
+from lmforge.core.atomic import atomic_write_json
+from lmforge.core.progress import info, set_enabled
+from lmforge.distributed.context import Launch
+from lmforge.distributed.layout import Layout, resolve_layout
+from lmforge.errors import LmforgeError
+from lmforge.recipe import RunConfig
+from lmforge.rundir import RunDir
+
+
+def check_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool) -> Layout | None:
+    """Before anything is written: the parallel degrees fit the processes. With several processes and the
+    token shards already there, the whole layout too, and (``resume``) the checkpoint to resume from, whose
+    hashing is then not repeated before the launch (returned layout)."""
+    resolve_layout(cfg.parallel, launch.world_size)  # the degrees alone; the model is checked once it is known
+    if launch.world_size > 1 and (run.tokens("train") / "index.json").exists():
+        from lmforge.train.resume import preflight
+
+        layout = preflight(run, cfg, launch.world_size, resume=resume, checkpoints=resume)
+        return layout if resume else None
+    return None
+
+
+def run_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool, layout: Layout | None = None) -> dict:
+    """Train in this process, or in ``launch``'s processes through torchrun; returns the summary. ``layout``:
+    the check already verified the checkpoint to resume from."""
+    if launch.world_size == 1 and launch.max_restarts == 0 and launch.rdzv_endpoint is None:  # in this process
+        return train_worker(run, cfg, resume)
+    from lmforge.distributed.context import launch_torchrun
+    from lmforge.train.resume import preflight
+
+    if layout is None:  # bad layout or checkpoint: refused before any process starts
+        layout = preflight(run, cfg, launch.world_size, resume=resume)
+    info(f"train: {layout.describe()} through torchrun")
+    run.stage_summary("train").unlink(missing_ok=True)
+    args = ["train", "--run-dir", str(run.root), "--worker"] + (["--resume"] if resume else [])
+    code = launch_torchrun(launch, args)
+    if code != 0:
+        raise LmforgeError(f"training in {launch.world_size} processes failed (exit code {code}); "
+                           "see the messages above")
+    if launch.node_rank != 0:
+        return {}  # node 0's rank 0 wrote the summary into the run directory the nodes share
+    return json.loads(run.stage_summary("train").read_text())
+
+
+def train_worker(run: RunDir, cfg: RunConfig, resume: bool) -> dict:
+    """One training process (the only one, or one of torchrun's); rank 0 writes ``train/summary.json``."""
+    from lmforge.distributed.context import init_distributed, shutdown
+    from lmforge.train.loop import train
+
+    ctx = init_distributed(cfg.train.device)
+    if not ctx.is_main:
+        set_enabled(False)
+    try:
+        result = train(run, cfg, ctx, resume=resume)
+        if ctx.is_main:
+            atomic_write_json(run.stage_summary("train"), result)
+        return result
+    finally:
+        shutdown(ctx)
