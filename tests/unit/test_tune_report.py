@@ -1,14 +1,19 @@
 """best.yaml round-trips through the recipe loader; the trials table names every outcome's reason; the
-budget counts what the study has used up."""
+budget counts what the study has used up; parameter importances, or why there are none."""
 
 import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from lmforge.recipe import BUILTIN_RECIPES, build_config, load_recipe, read_yaml
-from lmforge.tune.report import best_recipe_yaml, best_trial, trial_rows
+from lmforge.tune.report import _importances, best_recipe_yaml, best_trial, trial_rows
 from lmforge.tune.worker import Budget
 
 DEBUG = read_yaml(BUILTIN_RECIPES / "debug.yaml")
@@ -81,3 +86,57 @@ def test_best_yaml_round_trips_to_the_best_trials_recipe(tmp_path):
         exclude={"name", "train", "model", "tune"})
     assert again.train.model_dump(exclude={"lr"}) == cfg.train.model_dump(exclude={"lr"})
     assert path.read_text().startswith("# The best trial (4, val_loss 4.2500) of study 'debug' in sqlite:///x.db\n")
+
+
+def complete_study(rows, dist=DIST):
+    """A study of complete trials, one per (params, value)."""
+    study = optuna.create_study()
+    for params, value in rows:
+        study.add_trial(create_trial(state=TrialState.COMPLETE, params=params, value=value,
+                                     distributions={k: dist[k] for k in params}))
+    return study
+
+
+# the loss falls with the learning rate; the layer counts alternate, so they tell nothing
+LEARNS = [({"train.lr": lr, "model.n_layers": layers}, loss) for lr, layers, loss in
+          [(1e-4, 1, 6.0), (3e-4, 3, 5.5), (1e-3, 1, 5.0), (3e-3, 3, 4.6), (6e-3, 1, 4.5), (1e-2, 3, 4.4)]]
+
+
+def test_importances_name_the_parameter_that_sets_the_best_trials_apart():
+    found = _importances(complete_study(LEARNS))
+    assert list(found) == ["importances"]
+    assert found["importances"] == {"train.lr": pytest.approx(1.0), "model.n_layers": pytest.approx(0.0)}
+
+
+@pytest.mark.parametrize("study, reason", [
+    (study_with_every_outcome(), "2 complete trial(s) with a finite loss; importances need at least 3"),
+    (complete_study([(params, 5.0) for params, _ in LEARNS]),  # ties: importances would come out equal
+     "the losses do not set the best trials apart (Target and region quantiles select the same set of trials. "
+     "Parameter importances will be equal.)"),
+    (complete_study([({"model.n_layers": 2}, loss) for loss in (5.0, 4.0, 3.0)],
+                    {"model.n_layers": CategoricalDistribution([2])}),
+     "no parameter takes other values in the best trials than in the rest"),
+], ids=["too-few", "ties", "one-value"])
+def test_importances_that_cannot_be_computed_say_why(study, reason):
+    assert _importances(study) == {"importances": {}, "not_computed": reason}
+
+
+BLOCK_SKLEARN = """
+import importlib.abc, json, sys
+class NoSklearn(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "sklearn":
+            raise ImportError("scikit-learn is not installed")
+sys.meta_path.insert(0, NoSklearn())
+import test_tune_report as t
+print(json.dumps(t._importances(t.complete_study(t.LEARNS))))
+"""
+
+
+def test_importances_need_no_scikit_learn():
+    """A plain install has no scikit-learn (a test-only dependency), which fANOVA and MDI need."""
+    done = subprocess.run([sys.executable, "-c", BLOCK_SKLEARN], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["importances"] == {"train.lr": pytest.approx(1.0),
+                                                      "model.n_layers": pytest.approx(0.0)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from lmforge.core import progress
 from lmforge.core.atomic import atomic_write_json, atomic_write_text, atomic_write_with
 from lmforge.recipe import RunConfig
 from lmforge.tune.space import apply_params
@@ -69,15 +70,45 @@ def best_recipe_yaml(cfg: RunConfig, trial, url: str) -> str:
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
-def _importances(study) -> dict:
-    import optuna
+# PED-ANOVA, computed by Optuna itself (its fANOVA and MDI evaluators need scikit-learn, which a plain install
+# lacks): how much each parameter's values among the best complete trials differ from its values among all of them
+IMPORTANCE_MIN_TRIALS = 3  # the best ones (at least 2) must be fewer than all of them
+IMPORTANCE_TOP_SHARE = 0.1  # Optuna's target_quantile: the best 10%, here at least 2 trials
 
+
+def importance_evaluator(n_complete: int):
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    return PedAnovaImportanceEvaluator(target_quantile=max(IMPORTANCE_TOP_SHARE, 2 / n_complete))
+
+
+def _importances(study) -> dict:
+    """Normalized parameter importances of the complete trials, or none and the reason (too few trials, every
+    parameter irrelevant to which trials are best, or an error): never importances made up as equal."""
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+    if len(complete) < IMPORTANCE_MIN_TRIALS:
+        return {"importances": {}, "not_computed": f"{len(complete)} complete trial(s) with a finite loss; "
+                                                   f"importances need at least {IMPORTANCE_MIN_TRIALS}"}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return {"importances": dict(optuna.importance.get_param_importances(study))}
-    except Exception as exc:  # noqa: BLE001 - too few finished trials, or a single value per parameter
-        return {"importances": {}, "not_computed": " ".join(str(exc).split())}
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # normalize=False
+            raw = optuna.importance.get_param_importances(study, evaluator=importance_evaluator(len(complete)),
+                                                          normalize=False)
+    except Exception as exc:  # noqa: BLE001 - the rest of the report is written all the same
+        return {"importances": {}, "not_computed": " ".join(f"{type(exc).__name__}: {exc}".split())}
+    equal = [" ".join(str(w.message).split()) for w in seen if "importances will be equal" in str(w.message)]
+    if equal:
+        return {"importances": {}, "not_computed": f"the losses do not set the best trials apart ({equal[0]})"}
+    total = sum(raw.values())
+    if not total > 0:
+        return {"importances": {},
+                "not_computed": "no parameter takes other values in the best trials than in the rest"}
+    return {"importances": {k: v / total for k, v in raw.items()}}
 
 
 def _plots(study, tune_dir: Path) -> dict[str, str]:
@@ -128,6 +159,8 @@ def write_report(study, cfg: RunConfig, tune_dir: Path, url: str) -> dict:
         summary["best"] = {"number": best.number, "value": best.value, "params": best.params,
                            "recipe": str(tune_dir / "best.yaml")}
     importances = _importances(study)
+    if not importances["importances"]:
+        progress.info(f"tune: parameter importances not computed: {importances['not_computed']}")
     atomic_write_json(tune_dir / "importances.json", importances)
     summary.update(importances)
     summary["plots"] = _plots(study, tune_dir)

@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from lmforge.core.progress import info
+from lmforge.core.progress import console, info
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 from lmforge.tune.trial import run_trial
@@ -50,31 +50,75 @@ class Budget:
         return self.max_tokens is not None and self.tokens(trials) >= self.max_tokens
 
 
-class _Heartbeat:
-    """Records the trial's heartbeat every interval while it runs (a failed write is retried next time)."""
+HEARTBEAT_WARN_AFTER = 2  # missed beats in a row: with one more, other workers may take the trial for dead
 
-    def __init__(self, storage, trial_id: int):
+
+def _storage_unavailable(exc: BaseException) -> bool:
+    """The database did not answer or was locked (Optuna wraps SQLAlchemy's OperationalError): worth a retry."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
+
+    return isinstance(exc, OperationalError) or (
+        isinstance(exc, StorageInternalError) and isinstance(exc.__cause__, OperationalError))
+
+
+class _Heartbeat:
+    """Records the trial's heartbeat every interval while it runs.
+
+    A beat the database refuses for now (locked, connection lost) is retried at the next one, and a warning
+    says so after HEARTBEAT_WARN_AFTER in a row, since the trial then soon looks dead to other workers. Any
+    other error stops the heartbeat and is raised when the trial ends: it is a bug, not a busy database.
+    """
+
+    def __init__(self, storage, trial_id: int, number: int | None = None):
         self.storage, self.trial_id = storage, trial_id
+        self.name = f"trial {trial_id if number is None else number}"
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
+        self.failures, self.error = 0, None
 
     def _beat(self) -> None:
         interval = self.storage.get_heartbeat_interval()
         while True:
             try:
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # noqa: BLE001 - a locked database now and then; the next beat retries
-                pass
+            except Exception as exc:  # noqa: BLE001 - sorted below; a bug is kept for __exit__
+                if not _storage_unavailable(exc):
+                    self.error = exc
+                    return
+                self._missed(exc)
+            else:
+                if self.failures >= HEARTBEAT_WARN_AFTER:
+                    _warn(f"{self.name}: heartbeat recorded again after {self.failures} failed attempts")
+                self.failures = 0
             if self.stop.wait(interval):
                 return
+
+    def _missed(self, exc: BaseException) -> None:
+        self.failures += 1
+        if self.failures == HEARTBEAT_WARN_AFTER:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            detail = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+            grace = getattr(self.storage, "grace_period", None) or 2 * self.storage.get_heartbeat_interval()
+            _warn(f"{self.name}: the heartbeat could not be recorded {self.failures} times in a row ({detail}); "
+                  f"other workers take the trial for dead after {grace:g} s without one")
 
     def __enter__(self):
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         self.stop.set()
         self.thread.join()
+        if self.error is not None and exc_type is None:
+            raise self.error
+
+
+def _warn(message: str) -> None:
+    """A warning line on stderr, shown even while a trial trains without its own messages."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def _fail_stale_trials(study) -> None:
@@ -132,7 +176,7 @@ def run_worker(study, cfg: RunConfig, order: list[str], parent: RunDir, tune_dir
                 trial.set_user_attr(inherited, None)
         trial.set_user_attr("worker", worker)
         try:
-            with _Heartbeat(storage, trial._trial_id):
+            with _Heartbeat(storage, trial._trial_id, trial.number):
                 state, value = run_trial(trial, cfg, order, parent, tune_dir)
         except KeyboardInterrupt:
             _interrupted(study, trial)
