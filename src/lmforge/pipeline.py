@@ -17,6 +17,7 @@ import dataclasses
 import json
 import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.progress import info
@@ -76,6 +77,7 @@ class Stage:
     sections: tuple[str, ...]  # the recipe sections it reads itself
     needs: tuple[str, ...]  # the stages whose outputs it reads
     run: Callable[[RunDir, RunConfig, Options, object], dict]  # does the work; returns its headline figures
+    outputs: Callable[[RunDir], list[Path]]  # what the stages after it read
     command: str  # the lmforge command that runs it alone
     help: str
     check: Callable[[RunDir, RunConfig, Options], object] | None = None  # before any write; its result goes to run
@@ -83,17 +85,19 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("curate", ("seed", "data"), (), lambda run, cfg, opts, checked: run_curate(run, cfg), "data",
+    Stage("curate", ("seed", "data"), (), lambda run, cfg, opts, checked: run_curate(run, cfg),
+          lambda run: [run.train_docs, run.val_docs], "data",
           "read the sources, normalize, filter by quality, scrub PII, remove duplicates, split train/validation"),
-    Stage("tokenizer", ("tokenizer",), ("curate",), lambda run, cfg, opts, checked: run_tokenizer(run, cfg), "data",
-          "train a byte-level BPE tokenizer on the training split"),
-    Stage("pack", ("pack",), ("tokenizer",), lambda run, cfg, opts, checked: run_pack(run, cfg), "data",
+    Stage("tokenizer", ("tokenizer",), ("curate",), lambda run, cfg, opts, checked: run_tokenizer(run, cfg),
+          lambda run: [run.tokenizer], "data", "train a byte-level BPE tokenizer on the training split"),
+    Stage("pack", ("pack",), ("tokenizer",), lambda run, cfg, opts, checked: run_pack(run, cfg),
+          lambda run: [run.tokens(split) / "index.json" for split in ("train", "val")], "data",
           "encode the documents into memory-mapped token shards"),
-    Stage("train", ("model", "train"), ("pack",), _train, "train",
+    Stage("train", ("model", "train"), ("pack",), _train, lambda run: [run.checkpoints], "train",
           "pretrain the decoder on the token shards, with checkpoints and metrics", check=_check_train),
-    Stage("eval", ("eval",), ("train",), _eval, "eval",
+    Stage("eval", ("eval",), ("train",), _eval, lambda run: [run.eval_results], "eval",
           "validation loss, perplexity and bits per byte before and after training", rerun_on_change=True),
-    Stage("sample", ("generate",), ("train",), _sample, "generate",
+    Stage("sample", ("generate",), ("train",), _sample, lambda run: [run.samples], "generate",
           "continue the recipe's prompt with the trained model", rerun_on_change=True),
 )
 BY_NAME = {s.name: s for s in STAGES}
@@ -152,8 +156,12 @@ def is_done(run: RunDir, cfg: RunConfig, name: str) -> bool:
 
 def invalidate(run: RunDir, name: str) -> None:
     """Forget ``name`` and every stage after it."""
+    _forget(run, later(name))
+
+
+def _forget(run: RunDir, names) -> None:
     stages = done_stages(run)
-    kept = {k: v for k, v in stages.items() if k not in later(name)}
+    kept = {k: v for k, v in stages.items() if k not in names}
     if kept != stages:
         atomic_write_json(run.stages_file, kept)
 
@@ -174,12 +182,13 @@ def check_redo(redo) -> list[str]:
     return [n for n in NAMES if any(n in later(r) for r in redo)]
 
 
-def check_fits(run: RunDir, cfg: RunConfig, names, *, redo=(), resume: bool = False) -> None:
-    """Finished stages among ``names`` (and what they need) must have run with this recipe, unless they are
-    redone, cheap, or training resumed with new settings (the checkpoint's resume key decides then)."""
+def check_fits(run: RunDir, cfg: RunConfig, names, *, redo=(), resume: bool = False, needs: bool = True) -> None:
+    """Finished stages among ``names`` (and, with ``needs``, what they need) must have run with this recipe,
+    unless they are redone, cheap, or training resumed with new settings (the checkpoint's resume key decides
+    then)."""
     redone = check_redo(redo)
     done = done_stages(run)
-    for name in closure(names):
+    for name in closure(names) if needs else names:
         entry = done.get(name)
         if name in redone or BY_NAME[name].rerun_on_change or not isinstance(entry, dict):
             continue
@@ -213,12 +222,17 @@ def prepare(run: RunDir, cfg: RunConfig, *, redo=(), keep_recipe: bool = False) 
 
 
 # --- running -----------------------------------------------------------------------------------
-def require(run: RunDir, name: str) -> None:
-    """The outputs ``name`` reads must be there (a command that runs one stage does not make them)."""
+def require(run: RunDir, name: str, opts: Options = Options()) -> None:
+    """The outputs ``name`` reads must be there (a command that runs one stage does not make them). A
+    checkpoint given on the command line stands in for the train stage's."""
     for need in BY_NAME[name].needs:
-        if not run.stage_summary(need).exists():
-            s = BY_NAME[need]
-            raise DataError(f"{run.stage_dir(need)}: the {need} stage has not run; run it first (lmforge {s.command})")
+        if need == "train" and opts.checkpoint is not None:
+            continue
+        for path in BY_NAME[need].outputs(run):
+            if not path.exists():
+                command = BY_NAME[need].command
+                raise DataError(f"{path}: not found (the {need} stage writes it); run the {command} stage first "
+                                f"(lmforge {command})")
 
 
 def run_stage(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(), *, checked=None,
@@ -227,8 +241,9 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(),
     if not again and is_done(run, cfg, name):
         info(f"[dim]{name}: already done, skipped[/dim]")
         return json.loads(run.stage_summary(name).read_text())
-    if opts.writes:
-        invalidate(run, name)
+    if opts.writes:  # what came after it is out of date now; its own record stays until it succeeds (a run
+        # that fails leaves the fingerprint it had, so a changed recipe is still refused, but not its summary)
+        _forget(run, later(name)[1:])
         run.stage_summary(name).unlink(missing_ok=True)
     summary = BY_NAME[name].run(run, cfg, opts, checked)
     if opts.writes:
@@ -252,9 +267,11 @@ def run_alone(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(),
               again: bool = False) -> dict:
     """One stage on the outputs of the stages it needs, which must be there already (they are not made).
     ``redo``: forget its earlier result first (and what came after it); ``again``: run it even if done."""
-    require(run, name)
+    require(run, name, opts)
     redone = (name,) if redo else ()
-    check_fits(run, cfg, [name], redo=redone, resume=opts.resume)
+    # a cheap stage reads its inputs as they are (eval scores whatever checkpoint is there); the others must
+    # fit what they build on
+    check_fits(run, cfg, [name], redo=redone, resume=opts.resume, needs=not BY_NAME[name].rerun_on_change)
     checked = check_stages(run, cfg, [name], opts)
     if opts.writes:  # node 0 writes the run directory that all nodes share; the others only check
         prepare(run, cfg, redo=redone)

@@ -13,7 +13,7 @@ from lmforge.data.minhash import MinHasher, band_keys, collision_probability, op
 from lmforge.data.readers import SourceStats
 from lmforge.data.shard_work import LENGTH_BINS, ShardResult
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))  # the benchmark's labelled corpus, smaller
+sys.path.insert(0, str(Path(__file__).parents[3] / "bench"))  # the benchmark's labelled corpus, smaller
 from near_dup_corpus import build_corpus, jaccard, pair_scores, shingles  # noqa: E402
 
 

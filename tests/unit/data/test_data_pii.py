@@ -9,7 +9,7 @@ from lmforge.data.document import Document
 from lmforge.data.pii.config import ALL_KINDS, PiiConfig
 from lmforge.data.pii.step import PiiScrubber, detect, scrub
 
-sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))  # the benchmark's planted set, smaller
+sys.path.insert(0, str(Path(__file__).parents[3] / "bench"))  # the benchmark's planted set, smaller
 from pii_corpus import DECOYS, KINDS, measure  # noqa: E402
 
 CFG = PiiConfig()
