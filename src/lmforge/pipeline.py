@@ -82,6 +82,7 @@ class Stage:
     help: str
     check: Callable[[RunDir, RunConfig, Options], object] | None = None  # before any write; its result goes to run
     rerun_on_change: bool = False  # cheap: a changed recipe reruns it instead of being refused
+    resumes: bool = False  # --resume continues it with a changed recipe (its own checks decide what may change)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -94,7 +95,7 @@ STAGES: tuple[Stage, ...] = (
           lambda run: [run.tokens(split) / "index.json" for split in ("train", "val")], "data",
           "encode the documents into memory-mapped token shards"),
     Stage("train", ("model", "train"), ("pack",), _train, lambda run: [run.checkpoints], "train",
-          "pretrain the decoder on the token shards, with checkpoints and metrics", check=_check_train),
+          "pretrain the decoder on the token shards, with checkpoints and metrics", check=_check_train, resumes=True),
     Stage("eval", ("eval",), ("train",), _eval, lambda run: [run.eval_results], "eval",
           "validation loss, perplexity and bits per byte before and after training", rerun_on_change=True),
     Stage("sample", ("generate",), ("train",), _sample, lambda run: [run.samples], "generate",
@@ -184,7 +185,7 @@ def check_redo(redo) -> list[str]:
 
 def check_fits(run: RunDir, cfg: RunConfig, names, *, redo=(), resume: bool = False, needs: bool = True) -> None:
     """Finished stages among ``names`` (and, with ``needs``, what they need) must have run with this recipe,
-    unless they are redone, cheap, or training resumed with new settings (the checkpoint's resume key decides
+    unless they are redone, cheap, or resumed with new settings (training: the checkpoint's resume key decides
     then)."""
     redone = check_redo(redo)
     done = done_stages(run)
@@ -193,7 +194,7 @@ def check_fits(run: RunDir, cfg: RunConfig, names, *, redo=(), resume: bool = Fa
         if name in redone or BY_NAME[name].rerun_on_change or not isinstance(entry, dict):
             continue
         if entry.get("fingerprint") != fingerprint(cfg, name):
-            if name == "train" and resume:
+            if resume and BY_NAME[name].resumes:
                 continue
             raise LmforgeError(
                 f"{run.root}: the recipe differs from the one the {name} stage ran with (one of: "
@@ -214,9 +215,8 @@ def prepare(run: RunDir, cfg: RunConfig, *, redo=(), keep_recipe: bool = False) 
         info("removed leftovers of an interrupted write")
     if redone:
         invalidate(run, redone[0])
-        for name in redone:
-            if name == "train":
-                shutil.rmtree(run.stage_dir("train"), ignore_errors=True)  # checkpoints and metrics
+        for name in redone:  # start over: a redone stage's folder goes (training's checkpoints and metrics too)
+            shutil.rmtree(run.stage_dir(name), ignore_errors=True)
     if not (keep_recipe and run.recipe.exists()):
         atomic_write_text(run.recipe, cfg.to_yaml())
 
