@@ -65,14 +65,26 @@ PARALLEL_BASE = ["train.max_steps=10", "train.batch_size=8", "train.eval_every=5
                  "train.keep_checkpoints=3", "train.grad_clip=0.5"]
 
 
+def _single_process_run(debug_data_run: Path, folder: Path, *extra: str) -> Path:
+    root = folder / "run"
+    shutil.copytree(debug_data_run, root)
+    overrides = [arg for assignment in (*PARALLEL_BASE, *extra) for arg in ("--set", assignment)]
+    code, _, err = run_cli("train", "--run-dir", str(root), *overrides)
+    assert code == 0, err
+    return root
+
+
 @pytest.fixture(scope="session")
 def parallel_reference(debug_data_run, tmp_path_factory) -> Path:
     """The uninterrupted single-process run of PARALLEL_BASE (safetensors checkpoints at steps 5 and 10)."""
-    root = tmp_path_factory.mktemp("reference") / "run"
-    shutil.copytree(debug_data_run, root)
-    code, _, err = run_cli("train", "--run-dir", str(root), *[a for s in PARALLEL_BASE for a in ("--set", s)])
-    assert code == 0, err
-    return root
+    return _single_process_run(debug_data_run, tmp_path_factory.mktemp("reference"))
+
+
+@pytest.fixture(scope="session")
+def parallel_reference_bf16(debug_data_run, tmp_path_factory) -> Path:
+    """The same single-process run in bf16 autocast (``train.precision=bf16``): the reference of the bf16
+    sharded modes."""
+    return _single_process_run(debug_data_run, tmp_path_factory.mktemp("reference_bf16"), "train.precision=bf16")
 
 
 def temporaries(root: Path) -> list[Path]:

@@ -19,12 +19,13 @@ from lmforge.core.metrics import read_metrics
 from lmforge.checkpoint.load import consolidated_weights
 from lmforge.checkpoint.sharded import DCP_FORMAT
 from lmforge.rundir import RunDir
-from parallel_support import assert_losses_match, job, run_jobs, settings
+from parallel_support import assert_losses_match, job, max_loss_difference, run_jobs, settings, train_records
 
 pytestmark = pytest.mark.distributed
 
 FSDP = ("parallel.dp_replicate=1", "parallel.dp_shard=2")
 TP = ("parallel.dp_replicate=1", "parallel.tp=2")
+FSDP_LAYOUT = {"dp_replicate": 1, "dp_shard": 2, "tp": 1}
 ONE_PROCESS = settings("parallel.dp_replicate=1", "parallel.dp_shard=auto")
 TWO_PROCESS_MODES = {
     "fsdp": (*FSDP, "train.micro_batch_size=2"),  # gradient accumulation: FSDP2 reduces on the last micro-batch
@@ -44,14 +45,32 @@ TWO_PROCESS_MODES = {
 
 
 def copy_run(source, target, *, keep_through_step=None):
-    """A copy of a run directory; with ``keep_through_step`` as if it had been interrupted after that step."""
+    """A copy of a run directory; with ``keep_through_step`` as if it had been interrupted after that step:
+    no later checkpoint, no later record in metrics.jsonl, the train stage not done."""
     shutil.copytree(source, target)
     if keep_through_step is not None:
-        for step, path in RunDir(target).list_checkpoints():
+        run = RunDir(target)
+        for step, path in run.list_checkpoints():
             if step > keep_through_step:
                 shutil.rmtree(path)
-        pipeline.invalidate(RunDir(target), "train")
+        kept = [r for r in read_metrics(run.metrics) if r["step"] <= keep_through_step]
+        run.metrics.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        pipeline.invalidate(run, "train")
     return target
+
+
+def resumed_checkpoints(run, source, *, from_step=5, to_step=10) -> list[tuple]:
+    """(step, format, layout) of each checkpoint of ``run``, a copy of ``source`` cut after ``from_step`` and
+    resumed, after checking that the resume trained to ``to_step``: its training records after ``from_step``
+    are its own (each differs from ``source``'s, if only in the measured tokens/s) and its last checkpoint is
+    a new one at ``to_step``."""
+    new = [r for r in train_records(run) if r["step"] > from_step]
+    old = [r for r in train_records(source) if r["step"] > from_step]
+    assert [r["step"] for r in new] == list(range(from_step + 1, to_step + 1)), [r["step"] for r in new]
+    assert all(a != b for a, b in zip(new, old)), "the records after the resume point are the source's"
+    states = [json.loads((path / "state.json").read_text()) for _, path in RunDir(run).list_checkpoints()]
+    assert states[-1]["step"] == to_step  # the copy kept none after from_step
+    return [(s["step"], s["format"], s.get("layout")) for s in states]
 
 
 @pytest.fixture(scope="module")
@@ -105,11 +124,16 @@ def test_sharded_modes_write_sharded_checkpoints(two_process_runs):
 
 
 @pytest.mark.parametrize("mode", ["fsdp_bf16", "tp_bf16", "ddp_bf16", "fsdp_bf16_compile", "tp_bf16_compile"])
-def test_bf16_with_each_mode(two_process_runs, parallel_reference, mode):
-    got, fp32 = dict(train_losses(two_process_runs / mode)), dict(train_losses(parallel_reference))
-    assert sorted(got) == list(range(1, 11))
-    assert any(got[s] != fp32[s] for s in got)  # autocast really ran in bf16
-    assert all(abs(got[s] - fp32[s]) < 2e-3 for s in got)  # and trained the same model
+def test_bf16_with_each_mode(two_process_runs, parallel_reference, parallel_reference_bf16, mode):
+    run = two_process_runs / mode
+    # bf16 rounding differs between layouts and grows over the steps; measured against one process in bf16:
+    # losses up to 2.6e-4 apart (tp_bf16_compile; the others 1.7e-4), gradient norms up to 1.4e-3
+    assert_losses_match(run, parallel_reference_bf16, tol=3e-4, grad_norm_tol=2e-3)
+    # autocast really ran in bf16, here and in the reference: fp32 layouts are within 6e-7 of the fp32 run,
+    # bf16 ones 1.4e-4 or more away from it (a run in the wrong precision passes the bound above, not this)
+    assert max_loss_difference(run, parallel_reference) > 5e-5
+    assert max_loss_difference(parallel_reference_bf16, parallel_reference) > 5e-5
+    got = dict(train_losses(run))
     assert got[10] < got[1] - 0.2  # it learns
 
 
@@ -128,7 +152,9 @@ def test_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank(two_process_run
 
 
 def test_single_process_checkpoint_resumes_sharded(two_process_runs, parallel_reference):
-    assert_losses_match(two_process_runs / "from_safetensors", parallel_reference)
+    run = two_process_runs / "from_safetensors"
+    assert_losses_match(run, parallel_reference)
+    assert resumed_checkpoints(run, parallel_reference) == [(5, "safetensors", None), (10, DCP_FORMAT, FSDP_LAYOUT)]
 
 
 def test_fsdp_x_tp_on_four_processes_matches_one_process(four_process_runs, parallel_reference):
@@ -137,18 +163,18 @@ def test_fsdp_x_tp_on_four_processes_matches_one_process(four_process_runs, para
     assert state["layout"] == {"dp_replicate": 1, "dp_shard": 2, "tp": 2} and len(state["files"]) == 4
 
 
-def test_saved_on_two_resumed_on_four(four_process_runs, parallel_reference):
+def test_saved_on_two_resumed_on_four(two_process_runs, four_process_runs, parallel_reference):
     run = four_process_runs / "resumed_on_4"
     assert_losses_match(run, parallel_reference)
-    layouts = [json.loads((p / "state.json").read_text())["layout"] for _, p in RunDir(run).list_checkpoints()]
-    assert layouts == [{"dp_replicate": 1, "dp_shard": 2, "tp": 1}, {"dp_replicate": 1, "dp_shard": 2, "tp": 2}]
+    assert resumed_checkpoints(run, two_process_runs / "fsdp") == [(5, DCP_FORMAT, FSDP_LAYOUT),
+                                                                   (10, DCP_FORMAT, {**FSDP_LAYOUT, "tp": 2})]
 
 
-def test_sharded_checkpoint_resumes_with_ddp(four_process_runs, parallel_reference):
+def test_sharded_checkpoint_resumes_with_ddp(two_process_runs, four_process_runs, parallel_reference):
     run = four_process_runs / "ddp_on_4"
     assert_losses_match(run, parallel_reference)
-    formats = [json.loads((p / "state.json").read_text())["format"] for _, p in RunDir(run).list_checkpoints()]
-    assert formats == [DCP_FORMAT, "safetensors"]
+    assert resumed_checkpoints(run, two_process_runs / "fsdp") == [(5, DCP_FORMAT, FSDP_LAYOUT),
+                                                                   (10, "safetensors", None)]
 
 
 def test_saved_on_two_resumed_on_one(two_process_runs, parallel_reference, tmp_path):
@@ -161,8 +187,9 @@ def test_saved_on_two_resumed_on_one(two_process_runs, parallel_reference, tmp_p
     assert code == 0, err
     assert_losses_match(run, parallel_reference)
     assert not list((run / "train" / "checkpoints").glob("*.tmp-*"))
-    state = json.loads((run / "train" / "checkpoints" / "step_00000010" / "state.json").read_text())
-    assert state["format"] == "safetensors"  # one process writes the plain format again
+    # one process writes the plain format again
+    assert resumed_checkpoints(run, two_process_runs / "fsdp") == [(5, DCP_FORMAT, FSDP_LAYOUT),
+                                                                   (10, "safetensors", None)]
 
 
 def test_export_is_the_same_whatever_the_layout(two_process_runs, four_process_runs, parallel_reference, tmp_path):
