@@ -1,11 +1,13 @@
 """The debug recipe end to end through the CLI, each stage alone, and re-runs that skip finished work."""
 
+import io
 import json
-from pathlib import Path
+import re
 
 import pytest
 
-from conftest import lmforge_run, run_cli, temporaries
+from cli_errors import assert_error_line
+from conftest import lmforge_run, run_cli, temporaries, train_losses
 from lmforge.core.metrics import read_metrics
 
 pytestmark = pytest.mark.integration
@@ -82,10 +84,56 @@ def test_export_refuses_an_output_it_cannot_write(data_run, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a_file").write_text("x")
-    for output, message in ((out / "a_file" / "m.safetensors", f"{out / 'a_file'} is a file, not a folder"),
-                            (out / "a_file" / "sub" / "m.safetensors", "is a file, not a folder"),
-                            (Path("/proc/lmforge-export.safetensors"), "cannot write there")):
+    for output in (out / "a_file" / "m.safetensors", out / "a_file" / "sub" / "m.safetensors"):
         code, _, err = run_cli("export", "--run-dir", str(data_run), "--output", str(output))
-        last = err.strip().splitlines()[-1]
-        assert code == 2 and last.startswith(f"error: export --output {output}: ") and message in last, err
+        assert_error_line(code, err, f"error: export --output {output}: {out / 'a_file'} is a file, not a folder")
+    code, _, err = run_cli("export", "--run-dir", str(data_run), "--output", "/proc/lmforge-export.safetensors")
+    # the rest of the line is the OS's reason, with the temporary name it tried
+    assert code == 2 and re.fullmatch(r"error: export --output /proc/lmforge-export\.safetensors: cannot write there "
+                                      r"\(.+\)\n", err), err
     assert [p.name for p in out.iterdir()] == ["a_file"] and not (data_run / "export").exists()
+
+
+def test_redo_tokenizer_rebuilds_it_and_what_follows_and_nothing_before(data_run):
+    code, _, err = run_cli("run", "--run-dir", str(data_run), "--set", "train.max_steps=2")
+    assert code == 0, err
+    assert set(json.loads((data_run / "stages.json").read_text())) == {"curate", "tokenizer", "pack", "train", "eval",
+                                                                      "sample"}
+
+    def identity(path):  # atomic writes rename a new file into place: a rebuilt file has a new inode
+        stat = path.stat()
+        return stat.st_ino, stat.st_mtime_ns
+
+    rebuilt = [data_run / "tokenizer" / "tokenizer.json", *sorted((data_run / "pack").rglob("*.*"))]
+    curated = sorted((data_run / "curate").iterdir())
+    before = {p: identity(p) for p in rebuilt}
+    kept = {p: (p.read_bytes(), identity(p)) for p in curated}
+    code, _, err = run_cli("data", "--run-dir", str(data_run), "--redo", "tokenizer")
+    assert code == 0, err
+    assert all(identity(p) != before[p] for p in rebuilt), [p for p in rebuilt if identity(p) == before[p]]
+    assert sorted((data_run / "curate").iterdir()) == curated
+    assert all((p.read_bytes(), identity(p)) == kept[p] for p in curated)  # curate/train.jsonl among them
+    assert set(json.loads((data_run / "stages.json").read_text())) == {"curate", "tokenizer", "pack"}
+    assert [name for name in ("train", "eval", "sample") if (data_run / name).exists()] == []
+
+
+def test_resume_with_nothing_to_resume_says_it_starts_from_zero(data_run, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # the progress console wraps at the terminal width
+    result = lmforge_run("run", "--run-dir", str(data_run), "--resume", "--set", "train.max_steps=2")
+    assert result.returncode == 0, result.stderr
+    assert f"nothing to resume in {data_run}: no checkpoint; training from step 0\n" in result.stderr
+    assert json.loads((data_run / "train" / "summary.json").read_text())["resumed_from"] == 0
+    assert [s for s, _ in train_losses(data_run)] == [1, 2]
+
+
+def test_train_resume_with_nothing_to_resume_says_so(data_run, monkeypatch):
+    from rich.console import Console
+
+    from lmforge.cli import main
+    from lmforge.core import progress
+
+    shown = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=shown, width=1000, highlight=False))
+    main(["train", "--run-dir", str(data_run), "--resume", "--set", "train.max_steps=1"])  # not run_cli: no --quiet
+    assert f"nothing to resume in {data_run}: no checkpoint; training from step 0\n" in shown.getvalue()
+    assert [s for s, _ in train_losses(data_run)] == [1]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cli_errors import assert_error_line, snapshot
 from conftest import (assert_resumes_bit_identically, kill_when, lmforge_process, run_cli, train_losses as losses,
                       uninterrupted_losses)
 from lmforge.train.config import OPTIMIZERS
@@ -33,7 +34,8 @@ def test_resume_with_another_optimizer_is_refused(data_run):
                    "train.checkpoint_every=3")[0] == 0
     code, _, err = run_cli("train", "--run-dir", str(data_run), "--resume", "--set", "train.max_steps=6",
                            "--set", "train.checkpoint_every=3", "--set", "train.optimizer=lion")
-    assert code != 0 and "it was trained with optimizer=adamw (recipe: lion)" in err.strip().splitlines()[-1]
+    assert_error_line(code, err, f"error: cannot resume from {data_run / 'train' / 'checkpoints' / 'step_00000003'}: "
+                                 "it was trained with optimizer=adamw (recipe: lion)")
 
 
 def test_compare_writes_table_curves_and_a_recommendation_with_evidence(data_run):
@@ -57,9 +59,15 @@ def test_compare_writes_table_curves_and_a_recommendation_with_evidence(data_run
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--optimizers", "adamw,adamx"], "--optimizers: unknown adamx"),
-    (["--lr-factors", "1,-2"], "give at least one optimizer and positive factors"),
+    (["--optimizers", "adamw,adamx"],
+     "error: --optimizers: unknown adamx (choose from adamw, adam, rmsprop, sgd, lion, adafactor, muon)"),
+    (["--lr-factors", "1,-2"],
+     "error: --optimizers and --lr-factors: give at least one optimizer and positive factors"),
+    (["--steps", "1"], "error: Invalid value for '--steps': 1 is not in the range x>=2."),
+    (["--set", "train.max_steps=1"], "error: --steps: 1 is too few to compare optimizers (at least 2)"),
 ])
 def test_compare_bad_input_is_one_line(data_run, args, message):
+    before = snapshot(data_run)
     code, _, err = run_cli("optimizers", "compare", "--run-dir", str(data_run), *args)
-    assert code != 0 and message in err.strip().splitlines()[-1]
+    assert_error_line(code, err, message)
+    assert snapshot(data_run) == before

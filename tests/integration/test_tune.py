@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 import yaml
 
+from cli_errors import assert_error_line
 from conftest import run_cli
 from lmforge.recipe import BUILTIN_RECIPES, load_recipe, read_yaml
 
@@ -79,12 +80,16 @@ def test_study_prunes_records_failures_and_writes_its_report(data_run, tmp_path)
     # the same study with another space is refused, not mixed
     other = tune_recipe(tmp_path / "other.yaml", {"space": {"train.lr": {"type": "float", "low": 1e-3, "high": 1e-2}}})
     code, _, err = run_cli("tune", str(other), "--run-dir", str(data_run))
-    assert code == 2
-    assert err.startswith("error: tune.study_name: study 'debug' in sqlite:///") and "different recipe" in err
+    db = (tune_dir / "study.db").resolve()
+    assert_error_line(code, err, f"error: tune.study_name: study 'debug' in sqlite:///{db} was started with a "
+                                 "different recipe or search space; set tune.study_name to start a new study, or "
+                                 "delete the old one (optuna delete-study --study-name debug --storage URL)")
+    assert len(trial_states(tune_dir / "study.db")) == 4
 
 
 @pytest.mark.parametrize("tune, message", [
-    ({"space": {}}, "error: tune.space: the search space is empty"),
+    ({"space": {}}, "error: tune.space: the search space is empty; add a parameter, e.g. "
+                    "train.lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}"),
     ({"space": {"train.lrr": {"type": "float", "low": 1e-3, "high": 1e-2}}},
      "error: tune.space.train.lrr: not a recipe key (did you mean train.lr?)"),
     ({"space": {"train.lr": {"type": "float", "low": 1e-2, "high": 1e-3}}},
@@ -96,6 +101,5 @@ def test_bad_input_is_rejected_before_any_work(tmp_path, tune, message):
     recipe = tune_recipe(tmp_path / "bad.yaml", tune)
     run_dir = tmp_path / "run"
     code, out, err = run_cli("tune", str(recipe), "--run-dir", str(run_dir))
-    assert code == 2
-    assert err.startswith(message.format(recipe=recipe)) and err.count("\n") == 1
+    assert_error_line(code, err, message.format(recipe=recipe))
     assert not run_dir.exists()

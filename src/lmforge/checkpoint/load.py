@@ -89,6 +89,27 @@ def model_dims(path: Path, state: dict) -> ModelDims:
         raise CheckpointError(f"checkpoint {path}: {STATE_FILE} does not describe a model") from None
 
 
+def checkpoint_dims(path: str | Path) -> ModelDims:
+    """The decoder a checkpoint folder or exported file holds, read from its state or metadata alone (no
+    tensor is read, no hash is checked: ``load_model`` does that)."""
+    path = Path(path)
+    if path.is_file():
+        return _exported_metadata(path)[1]
+    return model_dims(path, read_state(path, verify=False))
+
+
+TRAINING_ONLY = ("dropout", "init_std")  # dimensions that do not change what a trained model computes
+
+
+def check_fits(path: str | Path, dims: ModelDims, expected: ModelDims, where) -> None:
+    """A checkpoint's model must be the one ``where`` (a run directory) describes: ``expected``, its recipe's
+    dimensions over its tokenizer's vocabulary (training-only settings aside)."""
+    diff = [f"model.{k}={v} ({'tokenizer' if k == 'vocab_size' else 'recipe'}: {getattr(expected, k)})"
+            for k, v in dims.to_dict().items() if k not in TRAINING_ONLY and getattr(expected, k) != v]
+    if diff:
+        raise CheckpointError(f"checkpoint {path} does not fit {where}: it holds a model with {', '.join(diff)}")
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng_state: bool = True) -> dict:
     """Verify, then load any checkpoint folder (safetensors or DCP) into a model that is not distributed, in
@@ -118,16 +139,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
 
 def _load_exported(path: Path) -> tuple[Decoder, dict]:
     """A file of ``lmforge export``: canonical tensor names, the model dimensions in its metadata."""
+    meta, dims = _exported_metadata(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        dims = ModelDims(**json.loads(meta["lmforge.model"]))
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
-    except (KeyError, TypeError, json.JSONDecodeError):
-        raise CheckpointError(f"checkpoint {path}: a safetensors file without lmforge's model metadata "
-                              "(lmforge.model); not written by lmforge export") from None
     model = Decoder(dims)
     views = model_views(model, dims)
     if set(tensors) != set(views):
@@ -144,6 +160,19 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
     state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
              "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
     return model, state
+
+
+def _exported_metadata(path: Path) -> tuple[dict, ModelDims]:
+    """The metadata of an exported file and the model dimensions it records."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return meta, ModelDims(**json.loads(meta["lmforge.model"]))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise CheckpointError(f"checkpoint {path}: a safetensors file without lmforge's model metadata "
+                              "(lmforge.model); not written by lmforge export") from None
 
 
 def _run_tokenizer(path: Path) -> Path | None:

@@ -16,10 +16,17 @@ CHECKPOINT_HELP = "Checkpoint: latest (default), best (lowest validation loss), 
 def eval_(recipe, overrides, run_dir, checkpoint):
     """Validation loss, perplexity and bits per byte before and after training."""
     from lmforge import pipeline
+    from lmforge.data.packing import TokenShards
+    from lmforge.evaluate.stage import checkpoint_for
 
     cfg, run = resolve(recipe, run_dir, overrides)
     require_run_dir(run)
-    results = pipeline.run_alone(run, cfg, "eval", pipeline.Options(checkpoint=checkpoint), again=True)
+    opts = pipeline.Options(checkpoint=checkpoint)
+    # before the stage records anything: its inputs, the device, and a checkpoint that holds this run's model
+    pipeline.require(run, "eval", opts)
+    device_for(cfg)
+    checkpoint_for(run, cfg, checkpoint, TokenShards(run.tokens("val")).vocab_size)
+    results = pipeline.run_alone(run, cfg, "eval", opts, again=True)
     click.echo(f"val loss {results['after']['loss']:.4f}  perplexity {results['after']['perplexity']:.2f}  "
                f"bits/byte {results['after']['bits_per_byte']:.4f}  ({results['checkpoint']})")
 

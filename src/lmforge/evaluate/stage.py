@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from lmforge.checkpoint.load import load_model, pick
+from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, pick
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info
 from lmforge.data.packing import TokenShards
@@ -17,9 +17,18 @@ from lmforge.rundir import RunDir
 from lmforge.train.validation import evaluate_loss
 
 
+def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_size: int):
+    """The checkpoint ``checkpoint`` names (``pick``), refused unless it holds this run's model: the recipe's
+    dimensions over the run's vocabulary (a checkpoint of another model, e.g. from another run directory,
+    does not fit). Reads only its state, so commands check it before anything is written."""
+    path = pick(run, checkpoint)
+    check_fits(path, checkpoint_dims(path), cfg.model.dims(vocab_size), run.root)
+    return path
+
+
 def stage_eval(run: RunDir, cfg: RunConfig, device: torch.device, checkpoint: str | None = None) -> dict:
-    loaded = load_model(pick(run, checkpoint), device)
     val = TokenShards(run.tokens("val"))
+    loaded = load_model(checkpoint_for(run, cfg, checkpoint, val.vocab_size), device)
     seq_len = loaded.seq_len
     windows = None if cfg.eval.max_tokens is None else max(1, cfg.eval.max_tokens // seq_len)
     score = dict(batch_size=cfg.eval.batch_size, max_windows=windows, device=device)
@@ -41,8 +50,8 @@ def stage_eval(run: RunDir, cfg: RunConfig, device: torch.device, checkpoint: st
 
 def sample_texts(run: RunDir, cfg: RunConfig, device: torch.device, *, prompt: str, checkpoint: str | None = None,
                  use_cache: bool = True) -> list[dict]:
-    loaded = load_model(pick(run, checkpoint), device)
     tokenizer = load_tokenizer(run.tokenizer)
+    loaded = load_model(checkpoint_for(run, cfg, checkpoint, tokenizer.get_vocab_size()), device)
     g = cfg.generate
     prompt_ids = tokenizer.encode(prompt).ids
     samples = []

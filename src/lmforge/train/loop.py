@@ -218,6 +218,8 @@ def restore(run: RunDir, t: Trainer, resume: bool) -> Counters:
     """Counters at the start: zero, or the checkpoint's after loading it (weights, optimizer, scaler, RNG)."""
     path = resume_point(run, resume)
     if path is None:
+        if resume:  # --resume on a run that has no checkpoint yet: say that it starts over
+            info(f"nothing to resume in {run.root}: no checkpoint; training from step 0")
         return Counters()
     check_resumable(path, read_state(path, verify=False).get("resume_key", {}), t.key)
     if t.ctx.is_main:  # leftovers of a checkpoint write that was killed (an elastic restart)

@@ -17,7 +17,12 @@ from lmforge.rundir import RunDir
 def check_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool) -> Layout | None:
     """Before anything is written: the parallel degrees fit the processes. With several processes and the
     token shards already there, the whole layout too, and (``resume``) the checkpoint to resume from, whose
-    hashing is then not repeated before the launch (returned layout)."""
+    hashing is then not repeated before the launch (returned layout). A device the recipe names must be there
+    (``train.device: cuda`` without CUDA is refused here, not after the run directory was written)."""
+    if cfg.train.device == "cuda":
+        from lmforge.core.device import pick_device
+
+        pick_device(cfg.train.device)
     resolve_layout(cfg.parallel, launch.world_size)  # the degrees alone; the model is checked once it is known
     if launch.world_size > 1 and (run.tokens("train") / "index.json").exists():
         from lmforge.train.resume import preflight

@@ -116,8 +116,10 @@ def test_grid_needs_steps_for_float_ranges():
         grid_points(cfg.tune.space, order)
     keys = ("max_steps", "batch_size", "log_every")
     big = config({f"train.{k}": {"type": "int", "low": 1, "high": 30} for k in keys})
-    with pytest.raises(TuneError, match=r"^tune\.sampler\.kind: grid: the space has more than 10,000 points"):
+    with pytest.raises(TuneError) as exc:
         grid_points(big.tune.space, check_space(big))
+    assert str(exc.value) == ("tune.sampler.kind: grid: the space has more than 10,000 points; use larger steps, "
+                              "fewer choices, or the tpe or random sampler")
 
 
 @pytest.mark.parametrize("train, pruner, message", [
@@ -156,9 +158,10 @@ def test_missing_driver_hides_the_password():
         pytest.skip("a MySQL driver is installed here")
     except ImportError:
         pass
-    with pytest.raises(TuneError, match=r"^tune\.storage: mysql://me:\*\*\*@db\.example/optuna: the database driver "
-                                        r"is not installed \(No module named"):
+    with pytest.raises(TuneError) as exc:
         tune_storage.check_storage("mysql://me:secret@db.example/optuna")
+    assert str(exc.value) == ("tune.storage: mysql://me:***@db.example/optuna: the database driver is not installed "
+                              "(No module named 'MySQLdb')")
 
 
 def test_unreachable_storage_times_out(monkeypatch):
