@@ -100,19 +100,26 @@ def test_missing_path_and_empty_glob_name_the_key(tmp_path):
         read_source(1, SourceConfig(kind="files", path=str(tmp_path / "*.md")), SourceStats())
 
 
+def _problems(make) -> list[tuple[tuple, str]]:
+    with pytest.raises(ValidationError) as exc:
+        make()
+    return [(e["loc"], e["msg"]) for e in exc.value.errors()]
+
+
 def test_config_requires_path_except_for_stdlib():
-    with pytest.raises(ValidationError, match="path"):
-        SourceConfig(kind="text")
-    with pytest.raises(ValidationError, match="takes no path"):
-        SourceConfig(kind="python-stdlib", path="/x")
-    with pytest.raises(ValidationError):
-        SourceConfig(kind="text", path="/x", bogus=1)
-    with pytest.raises(ValidationError):
-        DataConfig(sources=[])
-    with pytest.raises(ValidationError, match="min_chars"):
-        DataConfig(sources=[SourceConfig(kind="python-stdlib")], min_chars=10, max_chars=5)
-    with pytest.raises(ValidationError):
-        DataConfig(sources=[SourceConfig(kind="python-stdlib")], val_fraction=1.0)
+    stdlib = SourceConfig(kind="python-stdlib")
+    assert _problems(lambda: SourceConfig(kind="text")) == [
+        (("path",), "Value error, a path (file, directory or glob pattern) is required for kind 'text'")]
+    assert _problems(lambda: SourceConfig(kind="python-stdlib", path="/x")) == [
+        (("path",), "Value error, kind 'python-stdlib' takes no path (it reads the running interpreter's stdlib)")]
+    assert _problems(lambda: SourceConfig(kind="text", path="/x", bogus=1)) == [
+        (("bogus",), "Extra inputs are not permitted")]
+    assert _problems(lambda: DataConfig(sources=[])) == [
+        (("sources",), "List should have at least 1 item after validation, not 0")]
+    assert _problems(lambda: DataConfig(sources=[stdlib], min_chars=10, max_chars=5)) == [
+        ((), "Value error, min_chars (10) is larger than max_chars (5)")]
+    assert _problems(lambda: DataConfig(sources=[stdlib], val_fraction=1.0)) == [
+        (("val_fraction",), "Input should be less than 1")]
 
 
 def test_jsonl_zstd_and_truncated_streams_keep_the_clean_part(tmp_path):

@@ -68,5 +68,5 @@ def test_prompt_too_long_or_empty_is_a_clear_error(model):
         generate(model, [], 5)
     with pytest.raises(LmforgeError, match="outside the vocabulary"):
         generate(model, [256], 5)
-    with pytest.raises(LmforgeError, match="top_p"):
+    with pytest.raises(LmforgeError, match=r"^top_p must be in \(0, 1\], got 0\.0$"):
         generate(model, PROMPT, 5, top_p=0.0)
