@@ -74,8 +74,14 @@ def test_memory_that_cannot_fit_one_sequence_is_refused_before_any_work():
 
 
 def test_out_of_memory_becomes_one_line_with_a_suggestion():
-    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9"))
+    with pytest.raises(RuntimeError) as failed:  # the CPU allocator's own failure: 2**60 bytes exceed any machine
+        torch.empty(2**60, dtype=torch.uint8)
+    assert is_out_of_memory(failed.value), failed.value
+    with pytest.raises(MemoryError) as failed:
+        bytearray(2**60)
+    assert is_out_of_memory(failed.value)
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory")) and not is_out_of_memory(ValueError())
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     err = out_of_memory_error(TrainConfig(batch_size=16), TINY, 256, 16, Layout(), CPU)
     text = str(err)
     assert "\n" not in text and "out of memory on cpu at micro-batch 16 x 256 tokens" in text
