@@ -114,7 +114,9 @@ def apply_override(tree: dict, assignment: str) -> None:
         node[last] = value
 
 
-def _format_validation_error(exc: ValidationError, where: str) -> str:
+def format_validation_error(exc: ValidationError, where: str, what: str = "recipe") -> str:
+    """One line naming every problem by its key path: ``<what> <where>: key: problem; ...`` (a task file's
+    checks use it with ``what=""``)."""
     problems = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -125,14 +127,14 @@ def _format_validation_error(exc: ValidationError, where: str) -> str:
         got = err.get("input")
         shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
         problems.append(f"{loc}: {msg}{shown}")
-    return f"recipe {where}: " + "; ".join(problems)
+    return f"{what} {where}: ".lstrip() + "; ".join(problems)
 
 
 def build_config(raw: dict, where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(_format_validation_error(exc, where)) from None
+        raise RecipeError(format_validation_error(exc, where)) from None
 
 
 def load_recipe(recipe: str | Path | None, overrides: list[str] = ()) -> RunConfig:

@@ -24,7 +24,7 @@ _LABEL_TYPES = (str, int, float, bool)
 def read_records(source: SourceConfig, root: Path, path: Path, name: str,
                  counters: SourceStats) -> Iterator[Document]:
     rel = relative_id(root, path)
-    reader = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}[source.kind]
+    reader = {"jsonl": jsonl_records, "csv": csv_records, "parquet": parquet_records}[source.kind]
     code = is_code(source, rel)
     for line, record in reader(path, rel, counters, [source.field, source.label_field]):
         text, label, reason = _fields(record, source)
@@ -61,7 +61,7 @@ def _fields(record, source: SourceConfig) -> tuple[str | None, str | None, str |
     return text, label, None
 
 
-def _jsonl_records(path: Path, rel: str, counters: SourceStats, fields: list) -> Iterator[tuple[int, object]]:
+def jsonl_records(path: Path, rel: str, counters: SourceStats, fields: list) -> Iterator[tuple[int, object]]:
     lineno = 0
     try:
         for lineno, line in enumerate(iter_lines(path), start=1):
@@ -80,7 +80,7 @@ def _jsonl_records(path: Path, rel: str, counters: SourceStats, fields: list) ->
         counters.skip(exc.reason, rel, lineno + 1 if lineno else None)
 
 
-def _csv_records(path: Path, rel: str, counters: SourceStats, fields: list) -> Iterator[tuple[int, object]]:
+def csv_records(path: Path, rel: str, counters: SourceStats, fields: list) -> Iterator[tuple[int, object]]:
     """Rows as {header: value}, an empty value as None; undecodable bytes become lone surrogates,
     reported by ``_fields``."""
     def lines() -> Iterator[str]:
@@ -111,7 +111,7 @@ def _csv_records(path: Path, rel: str, counters: SourceStats, fields: list) -> I
         counters.skip(exc.reason, rel, reader.line_num + 1)
 
 
-def _parquet_records(path: Path, rel: str, counters: SourceStats, fields: list) -> Iterator[tuple[int, object]]:
+def parquet_records(path: Path, rel: str, counters: SourceStats, fields: list) -> Iterator[tuple[int, object]]:
     """Rows as {column: value}, reading only the text and label columns."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.data.records import _csv_records, _jsonl_records, _parquet_records
+from lmforge.data.records import csv_records, jsonl_records, parquet_records
 from lmforge.data.source_stats import SourceStats
 from lmforge.errors import DataError
 
@@ -44,7 +44,7 @@ class PerplexityExample:
 
 Example = MultipleChoiceExample | ClassificationExample | GenerationExample | PerplexityExample
 
-_READERS = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}
+_READERS = {"jsonl": jsonl_records, "csv": csv_records, "parquet": parquet_records}
 _COMPRESSED = (".gz", ".zst", ".zstd")
 _REASONS = {
     "invalid_json": "invalid JSON", "invalid_utf8": "invalid UTF-8", "nul_byte": "NUL byte",

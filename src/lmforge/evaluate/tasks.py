@@ -40,7 +40,7 @@ from lmforge.errors import DataError
 from lmforge.evaluate.task_examples import (ClassificationExample, Example, GenerationExample,  # noqa: F401
                                             MultipleChoiceExample, PerplexityExample, examples_format,
                                             parse_example, read_task_records)
-from lmforge.recipe import _format_validation_error
+from lmforge.recipe import format_validation_error
 
 Kind = Literal["multiple_choice", "classification", "generation", "perplexity"]
 
@@ -190,7 +190,7 @@ def read_spec(yaml_path: Path) -> TaskSpec:
     try:
         return TaskSpec.model_validate(raw)
     except ValidationError as exc:  # the recipe's one-line form: "<file>: <key.path>: <problem>; ..."
-        raise DataError(_format_validation_error(exc, str(yaml_path)).removeprefix("recipe ")) from None
+        raise DataError(format_validation_error(exc, str(yaml_path), what="")) from None
 
 
 def _resolve(yaml_path: Path, key: str, path: str) -> Path:
