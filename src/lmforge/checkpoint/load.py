@@ -21,10 +21,10 @@ from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state,
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
 from lmforge.data.tokenizer import load_tokenizer
-from lmforge.model.fused_layout import model_views
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelDims
 from lmforge.model.decoder import Decoder
+from lmforge.model.fused_layout import model_views
 from lmforge.rundir import RunDir
 
 CHOICES = ("latest", "best")
@@ -35,7 +35,12 @@ class LoadedModel:
     model: Decoder  # in eval mode, on the device asked for
     state: dict  # the checkpoint's state.json (an exported file: step, model and seq_len from its metadata)
     path: Path  # the checkpoint folder or file that was loaded
-    tokenizer: object | None  # the run's tokenizers.Tokenizer, when the checkpoint lies inside a run directory
+    tokenizer_path: Path | None  # the tokenizer of the run directory the checkpoint lies in, if any
+
+    @property
+    def tokenizer(self):
+        """The run's ``tokenizers.Tokenizer`` (read when asked for), or None outside a run directory."""
+        return None if self.tokenizer_path is None else load_tokenizer(self.tokenizer_path)
 
     @property
     def step(self) -> int:
@@ -133,8 +138,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         state = read_state(path, verify=True)
         model = Decoder(model_dims(path, state))
         load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
-    tokenizer = _run_tokenizer(path)
-    return LoadedModel(model.to(device).eval(), state, path, load_tokenizer(tokenizer) if tokenizer else None)
+    return LoadedModel(model.to(device).eval(), state, path, _run_tokenizer(path))
 
 
 def _load_exported(path: Path) -> tuple[Decoder, dict]:

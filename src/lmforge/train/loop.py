@@ -201,14 +201,12 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
 
 
 def load_initial_weights(model: Decoder, source: str | Path) -> None:
-    """Start from another model's weights (a checkpoint folder or an exported file) of the same dimensions."""
-    from lmforge.checkpoint.load import load_model
+    """Start from another model's weights (a checkpoint folder or an exported file) of the same dimensions
+    (training-only settings such as dropout may differ); refused from its state alone, before tensors are read."""
+    from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model
 
+    check_fits(source, checkpoint_dims(source), model.dims, "the recipe's model")
     loaded = load_model(source)
-    if loaded.model.dims != model.dims:
-        diff = [f"{k}={v} (recipe: {getattr(model.dims, k)})" for k, v in loaded.model.dims.to_dict().items()
-                if getattr(model.dims, k) != v]
-        raise TrainingError(f"init_from {source}: a model with other dimensions: {', '.join(diff)}")
     with torch.no_grad():
         for mine, theirs in zip(model.state_dict().values(), loaded.model.state_dict().values()):
             mine.copy_(theirs)

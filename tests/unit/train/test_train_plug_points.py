@@ -3,6 +3,7 @@ model: each asserts exact values, not just that something ran."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import train_losses
@@ -10,6 +11,7 @@ from lmforge.checkpoint.export import export_checkpoint
 from lmforge.checkpoint.load import load_model, pick
 from lmforge.core.metrics import read_metrics
 from lmforge.distributed.context import DistContext
+from lmforge.errors import CheckpointError
 from lmforge.recipe import load_recipe
 from lmforge.rundir import RunDir, SharedDataRunDir
 from lmforge.train.loop import build_model, lm_loss, train
@@ -50,6 +52,20 @@ def test_init_from_starts_where_another_model_ended(debug_data_run, tmp_path):
     second, _, _ = _train(debug_data_run, tmp_path / "second", init_from=pick(first))
     start_val = [r["val_loss"] for r in read_metrics(second.metrics) if r["kind"] == "eval"][0]
     assert start_val == final_val  # step 0 of the second run scores the first run's last weights
+    # dropout is a training-only setting: fine-tuning with it starts from the same weights (evaluated without it)
+    third, _, _ = _train(debug_data_run, tmp_path / "third", ["model.dropout=0.1"], init_from=pick(first))
+    assert [r["val_loss"] for r in read_metrics(third.metrics) if r["kind"] == "eval"][0] == final_val
+
+
+def test_init_from_another_model_or_nothing_is_one_line_before_training(debug_data_run, tmp_path):
+    first, _, _ = _train(debug_data_run, tmp_path / "three_layers", ["model.n_layers=3"])
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+step_00000003 does not fit the recipe's model: it "
+                                              r"holds a model with model\.n_layers=3 \(recipe: 2\)$"):
+        _train(debug_data_run, tmp_path / "refused", init_from=pick(first))
+    with pytest.raises(CheckpointError, match=r"^checkpoint \S+absent: no such checkpoint folder$"):
+        _train(debug_data_run, tmp_path / "missing", init_from=tmp_path / "absent")
+    for refused in ("refused", "missing"):  # nothing trained, nothing written
+        assert not (tmp_path / refused / "train").exists()
 
 
 def test_load_model_gives_the_same_model_from_every_kind(debug_data_run, tmp_path):
@@ -70,3 +86,10 @@ def test_pick_latest_best_and_paths(debug_data_run, tmp_path):
     assert pick(run) == run.checkpoint(3) == pick(run, "latest")
     assert pick(run, "best") == run.checkpoint(min(evals, key=evals.get))
     assert pick(run, str(run.checkpoint(2))) == run.checkpoint(2)
+    run.metrics.unlink()  # checkpoints copied without the metrics that scored them: best cannot be told
+    with pytest.raises(CheckpointError, match=r"^\S+checkpoints: no kept checkpoint has a validation loss in "
+                                              r"\S+metrics\.jsonl \(checkpoint steps are not evaluation steps\); "
+                                              r"use latest or a path$"):
+        pick(run, "best")
+    with pytest.raises(CheckpointError, match=r"^\S+checkpoints: no checkpoint; train first \(lmforge train\)$"):
+        pick(SharedDataRunDir(tmp_path / "untrained", RunDir(debug_data_run)), "best")
