@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
-import scipy.stats  # test-only references (scikit-learn and its scipy are pinned for tests)
+import scipy.stats  # test-only references (scikit-learn and scipy are pinned in requirements-dev.txt)
 import sklearn.metrics as skm
 
 from lmforge.evaluate import bootstrap as bs
