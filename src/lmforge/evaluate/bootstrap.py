@@ -57,22 +57,23 @@ def _check_values(*arrays) -> list[np.ndarray]:
     return out
 
 
-def _interval(estimate: float, stats: np.ndarray, confidence: float) -> Interval:
+def interval(estimate: float, stats: np.ndarray, confidence: float) -> Interval:
     alpha = 1.0 - confidence
     low, high = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
     return Interval(float(estimate), float(low), float(high), confidence, len(stats))
 
 
+def index_batches(n: int, n_resamples: int, rng: np.random.Generator):
+    """The bootstrap resamples of n examples, as (rows, n) arrays of indices drawn with replacement,
+    ``n_resamples`` rows in all, chunked to bound memory."""
+    rows = max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_resamples, rows):
+        yield rng.integers(0, n, size=(min(rows, n_resamples - start), n))
+
+
 def _resampled_means(values: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """Means of ``values`` (N,) over ``n_resamples`` bootstrap resamples; shape (n_resamples,)."""
-    n = len(values)
-    rows = max(1, _CHUNK_ELEMENTS // n)
-    out = np.empty(n_resamples)
-    for start in range(0, n_resamples, rows):
-        stop = min(n_resamples, start + rows)
-        idx = rng.integers(0, n, size=(stop - start, n))  # (rows, N)
-        out[start:stop] = values[idx].mean(axis=1)
-    return out
+    return np.concatenate([values[idx].mean(axis=1) for idx in index_batches(len(values), n_resamples, rng)])
 
 
 def bootstrap_mean_ci(values, n_resamples: int = 2000, confidence: float = 0.95,
@@ -82,7 +83,7 @@ def bootstrap_mean_ci(values, n_resamples: int = 2000, confidence: float = 0.95,
     _check_settings(n_resamples, confidence)
     (values,) = _check_values(values)
     stats = _resampled_means(values, n_resamples, np.random.default_rng(seed))
-    return _interval(values.mean(), stats, confidence)
+    return interval(values.mean(), stats, confidence)
 
 
 def paired_bootstrap_ci(values_a, values_b, n_resamples: int = 2000, confidence: float = 0.95,
@@ -96,7 +97,7 @@ def paired_bootstrap_ci(values_a, values_b, n_resamples: int = 2000, confidence:
     a, b = _check_values(values_a, values_b)
     diff = a - b
     stats = _resampled_means(diff, n_resamples, np.random.default_rng(seed))
-    return _interval(diff.mean(), stats, confidence)
+    return interval(diff.mean(), stats, confidence)
 
 
 def _check_pairs(gold, *preds) -> list[np.ndarray]:
@@ -112,9 +113,8 @@ def _check_pairs(gold, *preds) -> list[np.ndarray]:
 
 
 def _index_chunks(n: int, n_resamples: int, rng: np.random.Generator):
-    rows = max(1, _CHUNK_ELEMENTS // n)
-    for start in range(0, n_resamples, rows):
-        yield from rng.integers(0, n, size=(min(rows, n_resamples - start), n))
+    for batch in index_batches(n, n_resamples, rng):
+        yield from batch
 
 
 def bootstrap_metric_ci(metric: Callable[[np.ndarray, np.ndarray], float], gold, pred,
@@ -127,7 +127,7 @@ def bootstrap_metric_ci(metric: Callable[[np.ndarray, np.ndarray], float], gold,
     rng = np.random.default_rng(seed)
     stats = np.array([metric(gold[idx], pred[idx]) for idx in _index_chunks(len(gold), n_resamples, rng)],
                      dtype=np.float64)
-    return _interval(metric(gold, pred), stats, confidence)
+    return interval(metric(gold, pred), stats, confidence)
 
 
 def paired_bootstrap_metric_ci(metric: Callable[[np.ndarray, np.ndarray], float], gold, pred_a, pred_b,
@@ -140,7 +140,7 @@ def paired_bootstrap_metric_ci(metric: Callable[[np.ndarray, np.ndarray], float]
     rng = np.random.default_rng(seed)
     stats = np.array([metric(gold[i], pred_a[i]) - metric(gold[i], pred_b[i])
                       for i in _index_chunks(len(gold), n_resamples, rng)], dtype=np.float64)
-    return _interval(metric(gold, pred_a) - metric(gold, pred_b), stats, confidence)
+    return interval(metric(gold, pred_a) - metric(gold, pred_b), stats, confidence)
 
 
 def mcnemar_exact(correct_a, correct_b) -> McNemarResult:

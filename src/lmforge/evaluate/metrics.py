@@ -99,25 +99,36 @@ def precision_recall_f1(gold, pred, labels: Sequence | None = None, average: str
         raise ValueError(f"average must be one of {AVERAGES}, got {average!r}")
     gold, pred = check_labels(gold, pred)
     cm = confusion_matrix(gold, pred, _label_index(gold, pred, labels)[0])  # (K, K)
-    tp = np.diag(cm).astype(np.float64)  # (K,)
-    fp = cm.sum(axis=0) - tp  # predicted c, gold not c
-    fn = cm.sum(axis=1) - tp  # gold c, predicted not c
-    support = (tp + fn).astype(np.int64)
-    if average == "micro":
-        tp, fp, fn = tp.sum(), fp.sum(), fn.sum()
-    precision, recall = _safe_div(tp, tp + fp), _safe_div(tp, tp + fn)
-    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    scores = scores_from_confusion(cm)
     if average is None:
-        return precision, recall, f1, support
-    if average == "micro":
-        return float(precision), float(recall), float(f1), None
-    if average == "weighted":
-        if support.sum() == 0:
-            return 0.0, 0.0, 0.0, None
-        weights = support / support.sum()
-    else:
-        weights = np.full(len(tp), 1.0 / len(tp))
-    return float(precision @ weights), float(recall @ weights), float(f1 @ weights), None
+        return scores["precision"], scores["recall"], scores["f1"], scores["support"]
+    return (float(scores[f"precision_{average}"]), float(scores[f"recall_{average}"]),
+            float(scores[f"f1_{average}"]), None)
+
+
+def scores_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Every score of :func:`precision_recall_f1` from confusion matrices ``cm`` (..., K, K) (rows gold),
+    vectorized over the leading axes (e.g. one matrix per bootstrap resample): ``precision``, ``recall``,
+    ``f1``, ``support`` (..., K) per class and ``<score>_<average>`` (...) for macro, micro and weighted,
+    plus ``accuracy`` (...)."""
+    cm = np.asarray(cm)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(np.float64)  # (..., K)
+    fp = cm.sum(axis=-2) - tp  # predicted c, gold not c
+    fn = cm.sum(axis=-1) - tp  # gold c, predicted not c
+    support = tp + fn
+    out = {"precision": _safe_div(tp, tp + fp), "recall": _safe_div(tp, tp + fn),
+           "f1": _safe_div(2 * tp, 2 * tp + fp + fn), "support": support.astype(np.int64)}
+    total = support.sum(axis=-1, keepdims=True)
+    weights = _safe_div(support, np.broadcast_to(total, support.shape))
+    TP, FP, FN = tp.sum(-1), fp.sum(-1), fn.sum(-1)
+    micro = {"precision": _safe_div(TP, TP + FP), "recall": _safe_div(TP, TP + FN),
+             "f1": _safe_div(2 * TP, 2 * TP + FP + FN)}
+    for name in ("precision", "recall", "f1"):
+        out[f"{name}_macro"] = out[name].mean(axis=-1)
+        out[f"{name}_micro"] = micro[name]
+        out[f"{name}_weighted"] = (out[name] * weights).sum(axis=-1)
+    out["accuracy"] = _safe_div(TP, cm.sum(axis=(-2, -1)))
+    return out
 
 
 def f1_score(gold, pred, labels: Sequence | None = None, average: str = "macro") -> float:

@@ -11,6 +11,8 @@ template: "Review: {text}\\nSentiment:"   # classification: {text} is replaced l
 verbalizers: {neg: " bad", pos: " good"}  # classification: label -> word (default: the label)
 few_shot: 2                     # classification: demonstrations per prompt (needs train_path)
 text_field: review              # field names, each defaulting to its own name
+stop: ["\n"]                    # generation: the continuation ends before the first of these [newline]
+max_new_tokens: 32              # generation: at most this many tokens are generated [32]
 ```
 
 Field-name keys, by kind (defaults in brackets): every kind ``id_field`` [id]; multiple_choice
@@ -48,7 +50,7 @@ Kind = Literal["multiple_choice", "classification", "generation", "perplexity"]
 KIND_KEYS: dict[str, frozenset[str]] = {
     "multiple_choice": frozenset({"context_field", "choices_field", "answer_field"}),
     "classification": frozenset({"text_field", "label_field", "labels", "template", "verbalizers", "few_shot"}),
-    "generation": frozenset({"prompt_field", "answer_field"}),
+    "generation": frozenset({"prompt_field", "answer_field", "stop", "max_new_tokens"}),
     "perplexity": frozenset({"text_field"}),
 }
 _KIND_ONLY = sorted(set().union(*KIND_KEYS.values()))
@@ -72,6 +74,8 @@ class TaskSpec(StrictModel):
     template: str = "{text}"
     verbalizers: dict[str, str] | None = None
     few_shot: int = Field(default=0, ge=0)
+    stop: list[str] = Field(default_factory=lambda: ["\n"])
+    max_new_tokens: int = Field(default=32, ge=1)
 
     @field_validator(*_KIND_ONLY)
     @classmethod
@@ -112,6 +116,13 @@ class TaskSpec(StrictModel):
             raise ValueError(f"two labels share the word {repeated[0]!r}")
         return verbalizers
 
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop):
+        if any(s == "" for s in stop):
+            raise ValueError("an empty stop string would cut every continuation to nothing")
+        return stop
+
     @field_validator("few_shot")
     @classmethod
     def _demonstrations_from(cls, few_shot, info: ValidationInfo):
@@ -137,6 +148,7 @@ class Task:
     path: Path  # the examples file, resolved
     examples: tuple[Example, ...]
     train_examples: tuple[Example, ...] = ()  # from train_path, when given
+    lines: tuple[int, ...] = ()  # each example's line in ``path`` (Parquet: row)
 
     @property
     def name(self) -> str:
@@ -145,6 +157,10 @@ class Task:
     @property
     def kind(self) -> str:
         return self.spec.kind
+
+    def where(self, i: int) -> str:
+        """"<file>:<line>" of example i."""
+        return f"{self.path}:{self.lines[i]}" if self.lines else str(self.path)
 
     @property
     def verbalizers(self) -> dict[str, str]:
@@ -171,7 +187,8 @@ def load_task(yaml_path: str | Path) -> Task:
     spec = read_spec(yaml_path)
     path = _resolve(yaml_path, "path", spec.path)
     train = () if spec.train_path is None else read_examples(spec, _resolve(yaml_path, "train_path", spec.train_path))
-    return Task(spec, path, read_examples(spec, path), train)
+    lines: list[int] = []
+    return Task(spec, path, read_examples(spec, path, lines), train, tuple(lines))
 
 
 def read_spec(yaml_path: Path) -> TaskSpec:
@@ -202,8 +219,9 @@ def _resolve(yaml_path: Path, key: str, path: str) -> Path:
     return resolved
 
 
-def read_examples(spec: TaskSpec, path: Path) -> tuple[Example, ...]:
-    """The examples of ``path`` as ``spec`` describes them, checked record by record."""
+def read_examples(spec: TaskSpec, path: Path, lines: list[int] | None = None) -> tuple[Example, ...]:
+    """The examples of ``path`` as ``spec`` describes them, checked record by record (``lines``, when given,
+    receives each example's line)."""
     from_csv = examples_format(path) == "csv"
     examples, first_line = [], {}
     for line, record in read_task_records(path, list(spec.fields().values())):
@@ -213,6 +231,8 @@ def read_examples(spec: TaskSpec, path: Path) -> tuple[Example, ...]:
             raise DataError(f"{where}: duplicate id {example.id!r} (first at line {first_line[example.id]})")
         first_line[example.id] = line
         examples.append(example)
+        if lines is not None:
+            lines.append(line)
     if not examples:
         raise DataError(f"{path}: no examples")
     return tuple(examples)
