@@ -33,7 +33,8 @@ class Options:
     """What a command passes to the stages it runs, besides the recipe."""
     resume: bool = False  # train: continue from the latest checkpoint
     launch: Launch = Launch()  # train: this process, or processes through torchrun
-    checkpoint: str | None = None  # eval, sample: which checkpoint (default: the latest)
+    checkpoint: str | None = None  # eval, sample: which checkpoint (default: the selected, else the latest)
+    compare: str | None = None  # eval: another model to compare with on the same items
 
     @property
     def writes(self) -> bool:
@@ -48,21 +49,32 @@ def _device(cfg: RunConfig):
 
 
 def _check_train(run: RunDir, cfg: RunConfig, opts: Options):
+    from lmforge.distributed.layout import resolve_layout
+    from lmforge.evaluate.train_hook import check_eval_tasks
     from lmforge.train.stage import check_train
 
-    return check_train(run, cfg, opts.launch, opts.resume)
+    layout = check_train(run, cfg, opts.launch, opts.resume)
+    check_eval_tasks(cfg, (layout or resolve_layout(cfg.parallel, opts.launch.world_size)).sharded)
+    return layout
 
 
 def _train(run: RunDir, cfg: RunConfig, opts: Options, checked) -> dict:
+    from lmforge.evaluate.train_hook import eval_tasks_hook
     from lmforge.train.stage import run_train
 
-    return run_train(run, cfg, opts.launch, opts.resume, checked)
+    return run_train(run, cfg, opts.launch, opts.resume, checked, eval_extra=eval_tasks_hook(run, cfg))
+
+
+def _check_eval(run: RunDir, cfg: RunConfig, opts: Options):
+    from lmforge.evaluate.stage import check_eval
+
+    return check_eval(run, cfg)
 
 
 def _eval(run: RunDir, cfg: RunConfig, opts: Options, checked) -> dict:
     from lmforge.evaluate.stage import stage_eval
 
-    return stage_eval(run, cfg, _device(cfg), opts.checkpoint)
+    return stage_eval(run, cfg, _device(cfg), opts.checkpoint, checked, opts.compare)
 
 
 def _sample(run: RunDir, cfg: RunConfig, opts: Options, checked) -> dict:
@@ -97,7 +109,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", ("model", "train"), ("pack",), _train, lambda run: [run.checkpoints], "train",
           "pretrain the decoder on the token shards, with checkpoints and metrics", check=_check_train, resumes=True),
     Stage("eval", ("eval",), ("train",), _eval, lambda run: [run.eval_results], "eval",
-          "validation loss, perplexity and bits per byte before and after training", rerun_on_change=True),
+          "validation loss and the tasks' metrics with intervals; checkpoint selection; paired comparison",
+          check=_check_eval, rerun_on_change=True),
     Stage("sample", ("generate",), ("train",), _sample, lambda run: [run.samples], "generate",
           "continue the recipe's prompt with the trained model", rerun_on_change=True),
 )

@@ -92,6 +92,11 @@ class RunDir:
         return self.stage_dir("eval") / "results.json"
 
     @property
+    def selection(self) -> Path:
+        """Which kept checkpoint ``eval.select`` chose (the later stages' default checkpoint)."""
+        return self.stage_dir("eval") / "selection.json"
+
+    @property
     def samples(self) -> Path:
         return self.stage_dir("sample") / "samples.json"
 

@@ -144,7 +144,9 @@ def load_safetensors(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     return state
 
 
-def prune_checkpoints(checkpoints: list[tuple[int, Path]], keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (called after a new one is safely in place)."""
+def prune_checkpoints(checkpoints: list[tuple[int, Path]], keep: int, protect: Path | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (called after a new one is safely in place), never
+    ``protect`` (the checkpoint ``eval.select`` chose)."""
     for _, path in checkpoints[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        if protect is None or path.resolve() != protect.resolve():
+            shutil.rmtree(path, ignore_errors=True)

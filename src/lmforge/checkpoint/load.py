@@ -27,7 +27,7 @@ from lmforge.model.decoder import Decoder
 from lmforge.model.fused_layout import model_views
 from lmforge.rundir import RunDir
 
-CHOICES = ("latest", "best")
+CHOICES = ("latest", "best", "selected")
 
 
 @dataclasses.dataclass
@@ -53,18 +53,41 @@ class LoadedModel:
 
 
 def pick(run: RunDir, choice: str | Path | None = None) -> Path:
-    """The checkpoint ``choice`` names: ``latest`` (also None), ``best`` (the lowest validation loss logged at
-    a kept checkpoint's step), or a path (a run directory, a checkpoint folder, an exported file)."""
-    if choice is None or str(choice) == "latest":
+    """The checkpoint ``choice`` names: ``selected`` (the one ``eval.select`` chose), ``latest``, ``best``
+    (the lowest validation loss logged at a kept checkpoint's step), or a path (a run directory, a checkpoint
+    folder, an exported file). None: the selected checkpoint when the eval stage chose one, else the latest."""
+    if choice is None:
+        return selected_checkpoint(run) or _latest(run)
+    if str(choice) == "latest":
         return _latest(run)
     if str(choice) == "best":
         return _best(run)
+    if str(choice) == "selected":
+        chosen = selected_checkpoint(run)
+        if chosen is None:
+            raise CheckpointError(f"{run.selection}: no checkpoint was selected; set eval.select and run lmforge eval")
+        return chosen
     path = Path(choice)
     if path.is_dir() and not (path / STATE_FILE).exists() and (path / "stages.json").exists():
-        return _latest(RunDir(path))  # a run directory
+        return pick(RunDir(path))  # a run directory: its selected or latest checkpoint
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best)")
+        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best, selected)")
     return path
+
+
+def selected_checkpoint(run: RunDir) -> Path | None:
+    """The checkpoint ``eval/selection.json`` names, None without one; one that is gone is an error (training
+    never deletes it)."""
+    if not run.selection.exists():
+        return None
+    try:
+        chosen = run.root / json.loads(run.selection.read_text(encoding="utf-8"))["chosen"]["path"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{run.selection}: unreadable selection; rerun lmforge eval") from None
+    if not chosen.exists():
+        raise CheckpointError(f"{run.selection}: the selected checkpoint {chosen} is gone; rerun lmforge eval or "
+                              "give --checkpoint latest")
+    return chosen
 
 
 def _latest(run: RunDir) -> Path:

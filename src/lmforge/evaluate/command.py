@@ -6,29 +6,41 @@ import click
 
 from lmforge.command import common_options, device_for, require_run_dir, resolve
 
-CHECKPOINT_HELP = "Checkpoint: latest (default), best (lowest validation loss), or a path (a checkpoint folder, " \
-                  "an exported file, a run directory)."
+CHECKPOINT_HELP = "Checkpoint: the one eval.select chose, else the latest (default); latest, best (lowest " \
+                  "validation loss), selected, or a path (a checkpoint folder, an exported file, a run directory)."
 
 
 @click.command("eval")
 @common_options
 @click.option("--checkpoint", type=click.Path(path_type=str), help=CHECKPOINT_HELP)
-def eval_(recipe, overrides, run_dir, checkpoint):
-    """Validation loss, perplexity and bits per byte before and after training."""
+@click.option("--compare", "other", type=click.Path(path_type=str),
+              help="Another model (a checkpoint folder, an exported file, a run directory, or latest / best / "
+                   "selected of this run) scored on the same items: paired differences and McNemar's test.")
+def eval_(recipe, overrides, run_dir, checkpoint, other):
+    """Validation loss and every task of eval.tasks (accuracy, F1, calibration, ...), each with a confidence
+    interval; eval.select chooses among the kept checkpoints."""
     from lmforge import pipeline
+    from lmforge.checkpoint.load import pick
     from lmforge.data.packing import TokenShards
     from lmforge.evaluate.stage import checkpoint_for
 
     cfg, run = resolve(recipe, run_dir, overrides)
     require_run_dir(run)
-    opts = pipeline.Options(checkpoint=checkpoint)
+    opts = pipeline.Options(checkpoint=checkpoint, compare=other)
     # before the stage records anything: its inputs, the device, and a checkpoint that holds this run's model
     pipeline.require(run, "eval", opts)
     device_for(cfg)
-    checkpoint_for(run, cfg, checkpoint, TokenShards(run.tokens("val")).vocab_size)
-    results = pipeline.run_alone(run, cfg, "eval", opts, again=True)
-    click.echo(f"val loss {results['after']['loss']:.4f}  perplexity {results['after']['perplexity']:.2f}  "
-               f"bits/byte {results['after']['bits_per_byte']:.4f}  ({results['checkpoint']})")
+    if cfg.eval.select is None or checkpoint is not None:
+        checkpoint_for(run, cfg, checkpoint or "latest", TokenShards(run.tokens("val")).vocab_size)
+    if other is not None:
+        pick(run, other)
+    summary = pipeline.run_alone(run, cfg, "eval", opts, again=True)
+    after = summary["after"]
+    click.echo(f"val loss {after['loss']:.4f}  perplexity {after['perplexity']:.2f}  "
+               f"bits/byte {after['bits_per_byte']:.4f}  ({summary['checkpoint']})")
+    for name, metrics in summary["tasks"].items():
+        click.echo(f"{name}: " + "  ".join(f"{m} {v['estimate']:.4f} [{v['low']:.4f}, {v['high']:.4f}]"
+                                           for m, v in list(metrics.items())[:3]))
 
 
 @click.command()

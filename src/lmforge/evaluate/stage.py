@@ -1,20 +1,33 @@
-"""The eval and sample stages: score the trained model (and its seeded initial self) on the validation
-split, and draw samples from it. Both load the model through ``checkpoint.load``."""
+"""The eval and sample stages. Eval scores the chosen checkpoint (and its seeded initial self) on the
+validation windows and on every task, each figure with its bootstrap interval; with ``eval.select`` it first
+scores every kept checkpoint and chooses one; with ``--compare`` it scores another model on the same items
+and reports the paired differences. Both stages load models through ``checkpoint.load``."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 
 from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, pick
-from lmforge.core.atomic import atomic_write_json
-from lmforge.core.progress import info
+from lmforge.core.atomic import atomic_write_json, atomic_write_text
+from lmforge.core.progress import info, track
 from lmforge.data.packing import TokenShards
 from lmforge.data.tokenizer import EOS_TOKEN, load_tokenizer
+from lmforge.evaluate import task_metrics as tm
+from lmforge.evaluate.compare import compare_models
+from lmforge.evaluate.config import BUILTIN, VAL_LOSS
+from lmforge.evaluate.report import HEADLINE, summary_markdown, write_task_files
+from lmforge.evaluate.selection import Target, select_checkpoint
+from lmforge.evaluate.task_eval import EvalSettings, check_task, score_task, summarize
+from lmforge.evaluate.task_sources import builtin_tasks, check_select, load_user_tasks
 from lmforge.model.decoder import Decoder
 from lmforge.model.generate import generate
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
-from lmforge.train.validation import evaluate_loss
+from lmforge.train.config import sequence_length
+from lmforge.train.validation import window_losses
 
 
 def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_size: int):
@@ -26,26 +39,125 @@ def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_si
     return path
 
 
-def stage_eval(run: RunDir, cfg: RunConfig, device: torch.device, checkpoint: str | None = None) -> dict:
+def check_eval(run: RunDir, cfg: RunConfig) -> list:
+    """Before anything is written: the user's task files read and checked, ``eval.select`` names a metric of
+    a listed task, and (once the run has its tokenizer) every example fits the model's context. Returns
+    those tasks."""
+    tasks = load_user_tasks(cfg.eval.tasks, "eval.tasks")
+    check_select(cfg.eval.select, tasks, cfg.eval.tasks)
+    if tasks and run.tokenizer.exists():
+        tokenizer = load_tokenizer(run.tokenizer)
+        context_length = cfg.model.dims(tokenizer.get_vocab_size()).context_length
+        for task in tasks:
+            check_task(task, tokenizer, context_length)
+    return tasks
+
+
+def validation_figures(losses: np.ndarray, seq_len: int, bytes_per_token: float, settings: EvalSettings) -> dict:
+    """Loss, perplexity and bits per byte of per-window losses, with the interval over windows (the other two
+    are increasing functions of the loss, so their intervals are its interval's ends transformed)."""
+    m = tm.metrics_with_intervals({"loss": losses}, [tm.means_group("loss")], resamples=settings.resamples,
+                                  confidence=settings.confidence, seed=settings.seed)["loss"]
+    ppl = lambda x: math.exp(min(x, 700.0))  # noqa: E731
+    bpb = lambda x: x / math.log(2) / bytes_per_token  # noqa: E731
+    return {"loss": m["estimate"], "perplexity": ppl(m["estimate"]), "bits_per_byte": bpb(m["estimate"]),
+            "tokens": int(len(losses) * seq_len),
+            "intervals": {"loss": [m["low"], m["high"]], "perplexity": [ppl(m["low"]), ppl(m["high"])],
+                          "bits_per_byte": [bpb(m["low"]), bpb(m["high"])]}}
+
+
+def stage_eval(run: RunDir, cfg: RunConfig, device: torch.device, checkpoint: str | None = None,
+               user_tasks: list | None = None, compare: str | None = None) -> dict:
+    user_tasks = check_eval(run, cfg) if user_tasks is None else user_tasks
+    settings = EvalSettings.of(cfg.eval)
+    eval_dir = run.stage_dir("eval")
     val = TokenShards(run.tokens("val"))
-    loaded = load_model(checkpoint_for(run, cfg, checkpoint, val.vocab_size), device)
+    tokenizer = load_tokenizer(run.tokenizer)
+    context_length = cfg.model.dims(val.vocab_size).context_length
+    tasks, skipped = list(user_tasks), []
+    if BUILTIN in cfg.eval.tasks:
+        made, skipped = builtin_tasks(run, eval_dir / "tasks", cfg.seed, cfg.eval.builtin_examples, tokenizer,
+                                      context_length)
+        tasks += made
+    check_select(cfg.eval.select, tasks, [])  # the built-in tasks' label sets are known now
+    train_seq_len = sequence_length(cfg.train, context_length)
+    max_windows = None if cfg.eval.max_tokens is None else max(1, cfg.eval.max_tokens // train_seq_len)
+
+    selection = None
+    if cfg.eval.select is not None and checkpoint is None:
+        select = cfg.eval.select
+        task = None if select.metric == VAL_LOSS else {t.name: t for t in tasks}[select.metric.split("/", 1)[0]]
+        for t in [task] if task is not None else []:
+            check_task(t, tokenizer, context_length)
+        selection = select_checkpoint(run, select, Target(select.metric, task, tokenizer, val, max_windows),
+                                      settings, device)
+        path = run.root / selection["chosen"]["path"]
+    else:
+        path = checkpoint_for(run, cfg, checkpoint or "latest", val.vocab_size)
+    loaded = load_model(path, device)
+    for task in tasks:  # a bad example stops the stage before any scoring
+        check_task(task, tokenizer, loaded.model.dims.context_length)
     seq_len = loaded.seq_len
     windows = None if cfg.eval.max_tokens is None else max(1, cfg.eval.max_tokens // seq_len)
-    score = dict(batch_size=cfg.eval.batch_size, max_windows=windows, device=device)
+    bytes_per_token = val.num_bytes / max(1, val.num_tokens)
     torch.manual_seed(cfg.seed)  # the same seeded initial weights the training run started from
     initial = Decoder(loaded.model.dims).to(device)
-    results = {
-        "checkpoint": str(loaded.path),
-        "step": loaded.step,
-        "seq_len": seq_len,
-        "before": evaluate_loss(initial, val, seq_len, **score),
-        "after": evaluate_loss(loaded.model, val, seq_len, **score),
-    }
+    losses = {}
+    for name, model in (("before", initial), ("after", loaded.model)):
+        losses[name] = window_losses(model, val, seq_len, batch_size=cfg.eval.batch_size, max_windows=windows,
+                                     device=device)
+    del initial
+    results = {"checkpoint": str(loaded.path), "step": loaded.step, "seq_len": seq_len,
+               "confidence": settings.confidence, "resamples": settings.resamples,
+               **{name: validation_figures(v, seq_len, bytes_per_token, settings) for name, v in losses.items()},
+               "tasks": {}, "skipped": skipped}
+    scored_tasks = {}
+    with track("eval tasks", total=len(tasks), unit="task") as bar:
+        for task in tasks:
+            scored = score_task(loaded.model, tokenizer, task, settings, device)
+            scored_tasks[task.name] = scored
+            results["tasks"][task.name] = summarize(scored, settings)
+            bar.advance()
+    comparison = None
+    if compare is not None:
+        comparison = compare_models(run, loaded, compare, scored_tasks, losses["after"], tokenizer, val,
+                                    windows, settings, device)
+
+    # every figure is computed: write, results.json last
+    for name, scored in scored_tasks.items():
+        results["tasks"][name]["files"] = write_task_files(scored, results["tasks"][name], eval_dir / name)
+    if selection is not None:
+        atomic_write_json(run.selection, selection)
+    elif checkpoint is None:
+        run.selection.unlink(missing_ok=True)  # a selection of an earlier recipe no longer holds
+    if comparison is not None:
+        atomic_write_json(eval_dir / "compare.json", comparison)
+    atomic_write_text(eval_dir / "summary.md", summary_markdown(results, selection, comparison))
     atomic_write_json(run.eval_results, results)
     b, a = results["before"], results["after"]
     info(f"eval: val loss {b['loss']:.4f} -> {a['loss']:.4f}, perplexity {b['perplexity']:.1f} -> "
          f"{a['perplexity']:.1f}, bits/byte {a['bits_per_byte']:.3f} on {a['tokens']:,} tokens")
-    return results
+    for name, task in results["tasks"].items():
+        shown = [m for m in HEADLINE[task["kind"]][:2] if m in task["metrics"]]
+        info(f"eval: {name}: " + ", ".join(f"{m} {task['metrics'][m]['estimate']:.4f} "
+                                            f"[{task['metrics'][m]['low']:.4f}, {task['metrics'][m]['high']:.4f}]"
+                                            for m in shown))
+    return stage_summary(results, selection, comparison)
+
+
+def stage_summary(results: dict, selection: dict | None, comparison: dict | None) -> dict:
+    """``eval/summary.json`` for the run report: the headline figures."""
+    out = {"checkpoint": results["checkpoint"], "step": results["step"],
+           "before": {k: results["before"][k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")},
+           "after": {k: results["after"][k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")},
+           "tasks": {name: {m: task["metrics"][m] for m in HEADLINE[task["kind"]] if m in task["metrics"]}
+                     for name, task in results["tasks"].items()}}
+    if selection is not None:
+        out["selected"] = {"metric": selection["metric"], **selection["chosen"],
+                           "significant": None if selection["lead"] is None else selection["lead"]["significant"]}
+    if comparison is not None:
+        out["compared_with"] = comparison["other"]
+    return out
 
 
 def sample_texts(run: RunDir, cfg: RunConfig, device: torch.device, *, prompt: str, checkpoint: str | None = None,

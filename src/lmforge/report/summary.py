@@ -38,6 +38,7 @@ def write_summary(run: RunDir) -> dict:
         "tokens_per_s": train.get("tokens_per_s"),
         "before": results.get("before"),
         "after": results.get("after"),
+        "tasks": results.get("tasks"),
     }
     atomic_write_json(run.summary, summary)
     return summary
@@ -61,6 +62,9 @@ def print_summary(summary: dict) -> None:
     table.add_row("val loss", f"{_fmt(before.get('loss'), '.4f')} -> {_fmt(after.get('loss'), '.4f')}")
     table.add_row("val perplexity", f"{_fmt(before.get('perplexity'), ',.2f')} -> {_fmt(after.get('perplexity'), ',.2f')}")
     table.add_row("val bits/byte", f"{_fmt(before.get('bits_per_byte'), '.3f')} -> {_fmt(after.get('bits_per_byte'), '.3f')}")
+    for name, metrics in (summary.get("tasks") or {}).items():
+        shown = list(metrics.items())[:2]
+        table.add_row(name, ", ".join(f"{m} {v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in shown))
     table.add_row("run directory", summary["run_dir"])
     console = Console()
     if not console.is_terminal:

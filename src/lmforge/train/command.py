@@ -68,9 +68,10 @@ def train(recipe, overrides, run_dir, nproc, nnodes, node_rank, rdzv_endpoint, r
     cfg, run = resolve(recipe, run_dir, overrides)
     if worker:  # one of the processes torchrun started for the train stage
         from lmforge.distributed.context import restarted_by_torchrun
+        from lmforge.evaluate.train_hook import eval_tasks_hook
         from lmforge.train.stage import train_worker
 
-        train_worker(run, cfg, resume or restarted_by_torchrun())
+        train_worker(run, cfg, resume or restarted_by_torchrun(), eval_tasks_hook(run, cfg))
         return
     launch = make_launch(cfg, nproc, nnodes, node_rank, rdzv_endpoint, rdzv_id, max_restarts)
     pipeline.run_alone(run, cfg, "train", pipeline.Options(resume=resume, launch=launch), redo=redo)

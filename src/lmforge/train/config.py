@@ -77,6 +77,8 @@ class TrainConfig(StrictModel):
     peak_tflops: float | None = Field(default=None, gt=0, description="device peak for MFU where the table lacks it")
     eval_every: int = Field(default=50, ge=0, description="0: only at the start and the end")
     eval_batches: int = Field(default=8, ge=1)
+    eval_tasks: list[str] = Field(default_factory=list, description="task YAML files, or builtin, scored at every "
+                                  "validation step into metrics.jsonl (<task>/<metric>)")
     log_every: int = Field(default=10, ge=1)
     checkpoint_every: int = Field(default=50, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)

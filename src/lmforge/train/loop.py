@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from lmforge.checkpoint.formats import prune_checkpoints, read_state
+from lmforge.checkpoint.load import selected_checkpoint
 from lmforge.checkpoint.training import load_training_checkpoint, save_training_checkpoint
 from lmforge.core.atomic import remove_stale_temporaries
 from lmforge.core.device import peak_flops
@@ -26,7 +27,7 @@ from lmforge.core.progress import info, track
 from lmforge.data.packing import TokenShards
 from lmforge.distributed.context import DistContext
 from lmforge.distributed.parallelize import clip_grad_norm_, gradient_sync, loss_context, parallelize, reshard, scalar
-from lmforge.errors import TrainingError
+from lmforge.errors import CheckpointError, TrainingError
 from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
@@ -93,17 +94,20 @@ class Trainer:
 
 def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
           on_eval: Callable[[int, dict], None] | None = None, loss_fn: LossFn = lm_loss,
+          eval_extra: Callable[[int, nn.Module], dict] | None = None,
           init_from: str | Path | None = None, trainable: Trainable | None = None) -> dict:
     """Train to ``train.max_steps``; returns a summary. ``on_eval(step, result)`` is called after every
-    validation (hyperparameter search uses it to prune a trial by raising). Memory is released after."""
+    validation (hyperparameter search uses it to prune a trial by raising); ``eval_extra(step, model)`` runs
+    before it in the main process and its figures join the validation record (``train.eval_tasks``). Memory
+    is released after."""
     try:
-        return _train(run, cfg, ctx, resume=resume, on_eval=on_eval, loss_fn=loss_fn, init_from=init_from,
-                      trainable=trainable)
+        return _train(run, cfg, ctx, resume=resume, on_eval=on_eval, eval_extra=eval_extra, loss_fn=loss_fn,
+                      init_from=init_from, trainable=trainable)
     finally:
         release_memory()
 
 
-def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_eval, loss_fn: LossFn,
+def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_eval, eval_extra, loss_fn: LossFn,
            init_from, trainable: Trainable | None) -> dict:
     tc = cfg.train
     t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable)
@@ -118,8 +122,9 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
         result = evaluate_loss(t.model, t.val_data, t.seq_len, batch_size=cfg.eval.batch_size,
                                max_windows=tc.eval_batches * cfg.eval.batch_size, device=t.ctx.device, ctx=t.ctx)
         reshard(t.model)  # FSDP2: a forward without backward leaves the root's parameters gathered
+        extra = eval_extra(step, t.model) if eval_extra is not None and t.ctx.is_main else {}
         metrics.log(kind="eval", step=step, val_loss=result["loss"], val_perplexity=result["perplexity"],
-                    val_bits_per_byte=result["bits_per_byte"])
+                    val_bits_per_byte=result["bits_per_byte"], **extra)
         if on_eval is not None:
             on_eval(step, result)
         return result
@@ -280,13 +285,21 @@ def log_skip(metrics: MetricsLog, t: Trainer, counters: Counters, *, loss: float
                             f"in a row (train.max_nonfinite_in_row={limit}); try a lower train.lr")
 
 
+def kept_selection(run: RunDir) -> Path | None:
+    """The checkpoint eval.select chose, which pruning keeps (None: none chosen, or it is already gone)."""
+    try:
+        return selected_checkpoint(run)
+    except CheckpointError:
+        return None
+
+
 def save(run: RunDir, t: Trainer, counters: Counters, loss: float) -> None:
     state = {"step": counters.step, "resume_key": t.key, "loss": loss, "nonfinite_in_row": counters.nonfinite_in_row,
              "skipped_total": counters.skipped_total, "tokens": counters.step * t.tokens_per_step,
              "grad_scaler": t.policy.state_dict()}
     save_training_checkpoint(run.checkpoint(counters.step), t.model, t.optimizer, state, t.ctx)
     if t.ctx.is_main:
-        prune_checkpoints(run.list_checkpoints(), t.cfg.train.keep_checkpoints)
+        prune_checkpoints(run.list_checkpoints(), t.cfg.train.keep_checkpoints, protect=kept_selection(run))
     t.ctx.barrier()
 
 

@@ -32,11 +32,13 @@ def check_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool) -> La
     return None
 
 
-def run_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool, layout: Layout | None = None) -> dict:
+def run_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool, layout: Layout | None = None,
+              eval_extra=None) -> dict:
     """Train in this process, or in ``launch``'s processes through torchrun; returns the summary. ``layout``:
-    the check already verified the checkpoint to resume from."""
+    the check already verified the checkpoint to resume from. ``eval_extra``: the loop's plug point for more
+    figures at each validation (in this process; torchrun's workers build their own, ``lmforge train --worker``)."""
     if launch.world_size == 1 and launch.max_restarts == 0 and launch.rdzv_endpoint is None:  # in this process
-        return train_worker(run, cfg, resume)
+        return train_worker(run, cfg, resume, eval_extra)
     from lmforge.distributed.context import launch_torchrun
     from lmforge.train.resume import preflight
 
@@ -54,7 +56,7 @@ def run_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool, layout:
     return json.loads(run.stage_summary("train").read_text())
 
 
-def train_worker(run: RunDir, cfg: RunConfig, resume: bool) -> dict:
+def train_worker(run: RunDir, cfg: RunConfig, resume: bool, eval_extra=None) -> dict:
     """One training process (the only one, or one of torchrun's); rank 0 writes ``train/summary.json``."""
     from lmforge.distributed.context import init_distributed, shutdown
     from lmforge.train.loop import train
@@ -63,7 +65,7 @@ def train_worker(run: RunDir, cfg: RunConfig, resume: bool) -> dict:
     if not ctx.is_main:
         set_enabled(False)
     try:
-        result = train(run, cfg, ctx, resume=resume)
+        result = train(run, cfg, ctx, resume=resume, eval_extra=eval_extra)
         if ctx.is_main:
             atomic_write_json(run.stage_summary("train"), result)
         return result

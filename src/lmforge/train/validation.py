@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lmforge.data.packing import TokenShards
@@ -51,3 +53,24 @@ def evaluate_loss(model: nn.Module, shards: TokenShards, seq_len: int, *, batch_
         "bits_per_byte": loss / math.log(2) / bytes_per_token,
         "tokens": int(tokens),
     }
+
+
+@torch.no_grad()
+def window_losses(model: nn.Module, shards: TokenShards, seq_len: int, *, batch_size: int,
+                  max_windows: int | None, device: torch.device) -> np.ndarray:
+    """The mean next-token loss of each of the first ``max_windows`` windows (all if None), in one process:
+    (W,) float64, for intervals over windows (every window has ``seq_len`` predicted tokens, so their mean
+    is the loss ``evaluate_loss`` reports)."""
+    total = shards.num_windows(seq_len)
+    count = total if max_windows is None else min(total, max_windows)
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, count, batch_size):
+        batch = torch.from_numpy(shards.windows(list(range(start, min(count, start + batch_size))), seq_len))
+        batch = batch.to(device)  # (B, T+1)
+        logits = model(batch[:, :-1]).float()  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(), reduction="none")
+        out.append(loss.view(len(batch), -1).double().mean(dim=1).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0)
