@@ -1,4 +1,5 @@
-"""``lmforge export``: any checkpoint (sharded DCP or safetensors) -> one safetensors file of whole tensors.
+"""``lmforge export``: any checkpoint (sharded DCP or safetensors) -> one safetensors file of whole tensors
+(``--format hf``: a Hugging Face folder, ``checkpoint/hf_export.py``).
 
 The tensors carry canonical names, the same whatever layout trained them: q/k/v and gate/up as separate
 projections (``layers.N.attn.q_proj.weight``, ``layers.N.mlp.gate_proj.weight``, Hugging Face Llama's
@@ -15,19 +16,26 @@ from pathlib import Path
 from lmforge.rundir import RunDir
 
 
-def default_output(checkpoint: Path) -> Path:
-    """``<run>/export/step_N.safetensors`` for a run's checkpoint, else beside the checkpoint folder."""
+def default_output(checkpoint: Path, fmt: str = "safetensors") -> Path:
+    """``<run>/export/step_N.safetensors`` (``--format hf``: the folder ``<run>/export/step_N-hf``) for a run's
+    checkpoint, else beside the checkpoint."""
+    name = f"{checkpoint.name}-hf" if fmt == "hf" else f"{checkpoint.name}.safetensors"
     if len(checkpoint.parents) > 2 and RunDir(checkpoint.parents[2]).checkpoints == checkpoint.parent:
-        return RunDir(checkpoint.parents[2]).stage_dir("export") / f"{checkpoint.name}.safetensors"
-    return checkpoint.with_name(f"{checkpoint.name}.safetensors")
+        return RunDir(checkpoint.parents[2]).stage_dir("export") / name
+    return checkpoint.with_name(name)
 
 
-def check_output(output: Path) -> None:
-    """Refuse, before any checkpoint is read, an output that names a folder or lies under a file."""
+def check_output(output: Path, fmt: str = "safetensors") -> None:
+    """Refuse, before any checkpoint is read, an output that lies under a file, or names a folder for a file
+    (``hf``: a file, or a folder with other things in it; an earlier HF export is replaced whole)."""
     from lmforge.errors import LmforgeError
 
-    if output.is_dir():
+    if fmt != "hf" and output.is_dir():
         raise LmforgeError(f"export --output {output}: is a folder; name the file to write")
+    if fmt == "hf" and output.exists() and not output.is_dir():
+        raise LmforgeError(f"export --output {output}: is a file; name a folder to write")
+    if fmt == "hf" and output.is_dir() and any(output.iterdir()) and not (output / "config.json").is_file():
+        raise LmforgeError(f"export --output {output}: a folder with other files in it; name a new folder")
     parent = next(p for p in output.absolute().parents if p.exists())  # the nearest part that exists
     if not parent.is_dir():
         raise LmforgeError(f"export --output {output}: {parent} is a file, not a folder")

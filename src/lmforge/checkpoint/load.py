@@ -1,9 +1,10 @@
 """The one way in to a trained model, for every stage and command: ``pick`` a checkpoint, ``load_model`` it.
 
 Kinds that load: a run directory (its latest or best checkpoint), a checkpoint folder written by one
-process or DDP (safetensors) or by a sharded run (DCP), and a file written by ``lmforge export``. A folder's
-integrity manifest (the SHA-256 of every file, in ``state.json``) is checked before any tensor is parsed;
-an exported file is plain safetensors (a JSON header and raw tensors, nothing executable).
+process or DDP (safetensors) or by a sharded run (DCP), a file written by ``lmforge export``, and a Hugging
+Face folder of the Llama family (``checkpoint/hf_import.py``; its own tokenizer). A folder's integrity
+manifest (the SHA-256 of every file, in ``state.json``) is checked before any tensor is parsed; an exported
+file and an HF folder's weights are plain safetensors (a JSON header and raw tensors, nothing executable).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state, restore_rng
+from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder, load_hf_tokenizer
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
 from lmforge.data.tokenizer import load_tokenizer
@@ -33,14 +35,17 @@ CHOICES = ("latest", "best", "selected")
 @dataclasses.dataclass
 class LoadedModel:
     model: Decoder  # in eval mode, on the device asked for
-    state: dict  # the checkpoint's state.json (an exported file: step, model and seq_len from its metadata)
+    state: dict  # the checkpoint's state.json (an exported file, an HF folder: step, model and seq_len made up)
     path: Path  # the checkpoint folder or file that was loaded
-    tokenizer_path: Path | None  # the tokenizer of the run directory the checkpoint lies in, if any
+    tokenizer_path: Path | None  # an HF folder's tokenizer.json, else the run directory's the checkpoint lies in
 
     @property
     def tokenizer(self):
-        """The run's ``tokenizers.Tokenizer`` (read when asked for), or None outside a run directory."""
-        return None if self.tokenizer_path is None else load_tokenizer(self.tokenizer_path)
+        """The model's ``tokenizers.Tokenizer`` (read when asked for): an HF folder's own, else the run's; None
+        outside a run directory."""
+        if self.tokenizer_path is None:
+            return None
+        return load_hf_tokenizer(self.tokenizer_path) if self.state.get("format") == "hf" else load_tokenizer(self.tokenizer_path)
 
     @property
     def step(self) -> int:
@@ -55,7 +60,7 @@ class LoadedModel:
 def pick(run: RunDir, choice: str | Path | None = None) -> Path:
     """The checkpoint ``choice`` names: ``selected`` (the one ``eval.select`` chose), ``latest``, ``best``
     (the lowest validation loss logged at a kept checkpoint's step), or a path (a run directory, a checkpoint
-    folder, an exported file). None: the selected checkpoint when the eval stage chose one, else the latest."""
+    folder, an exported file, a Hugging Face model folder). None: the selected checkpoint when the eval stage chose one, else the latest."""
     if choice is None:
         return selected_checkpoint(run) or _latest(run)
     if str(choice) == "latest":
@@ -123,6 +128,8 @@ def checkpoint_dims(path: str | Path) -> ModelDims:
     path = Path(path)
     if path.is_file():
         return _exported_metadata(path)[1]
+    if is_hf_folder(path):
+        return hf_dims(path)
     return model_dims(path, read_state(path, verify=False))
 
 
@@ -153,10 +160,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Build the decoder a checkpoint folder or exported file describes and load its weights."""
+    """Build the decoder a checkpoint folder, exported file or HF folder describes and load its weights."""
     path = Path(path)
     if path.is_file():
         model, state = _load_exported(path)
+    elif is_hf_folder(path):
+        dims = hf_dims(path)
+        model = _decoder_with(path, dims, hf_weights(path, dims))
+        state = {"step": 0, "format": "hf", "resume_key": {"model": dims.to_dict(), "seq_len": dims.context_length}}
+        return LoadedModel(model.to(device).eval(), state, path, hf_tokenizer_path(path))
     else:
         state = read_state(path, verify=True)
         model = Decoder(model_dims(path, state))
@@ -171,10 +183,19 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
+    model = _decoder_with(path, dims, tensors)
+    seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
+    state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
+             "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
+    return model, state
+
+
+def _decoder_with(path: Path, dims: ModelDims, tensors: dict[str, torch.Tensor]) -> Decoder:
+    """A ``Decoder(dims)`` holding ``tensors`` (canonical names: every weight once, shapes checked), in fp32."""
     model = Decoder(dims)
     views = model_views(model, dims)
     if set(tensors) != set(views):
-        raise CheckpointError(f"checkpoint {path}: tensors do not fit the model its metadata describes "
+        raise CheckpointError(f"checkpoint {path}: tensors do not fit the model it describes "
                               f"(missing {sorted(set(views) - set(tensors))[:3]}, "
                               f"unexpected {sorted(set(tensors) - set(views))[:3]})")
     with torch.no_grad():
@@ -183,10 +204,7 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
                 raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(tensors[name].shape)}, "
                                       f"the model {tuple(view.shape)}")
             view.copy_(tensors[name])
-    seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
-    state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
-             "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
-    return model, state
+    return model
 
 
 def _exported_metadata(path: Path) -> tuple[dict, ModelDims]:
