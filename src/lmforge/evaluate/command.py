@@ -54,9 +54,12 @@ def eval_(recipe, overrides, run_dir, checkpoint, other):
 @click.option("--seed", type=int)
 @click.option("--no-cache", is_flag=True, help="Recompute the whole sequence each step (slow reference path).")
 @click.option("--checkpoint", type=click.Path(path_type=str), help=CHECKPOINT_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the samples as JSON (the shape of sample/samples.json).")
 def generate(recipe, overrides, run_dir, prompt, max_new_tokens, temperature, top_k, top_p, num_samples, seed,
-             no_cache, checkpoint):
+             no_cache, checkpoint, as_json):
     """Continue a prompt with the trained model (KV cache, temperature, top-k, top-p)."""
+    import json
+
     from lmforge.errors import LmforgeError
     from lmforge.evaluate.stage import sample_texts
 
@@ -69,8 +72,12 @@ def generate(recipe, overrides, run_dir, prompt, max_new_tokens, temperature, to
     text = cfg.generate.prompt if prompt is None else prompt
     if not text:
         raise LmforgeError("--prompt: the prompt is empty")
-    for sample in sample_texts(run, cfg, device_for(cfg), prompt=text, checkpoint=checkpoint,
-                               use_cache=not no_cache):
+    samples = sample_texts(run, cfg, device_for(cfg), prompt=text, checkpoint=checkpoint, use_cache=not no_cache)
+    if as_json:  # what the sample stage writes, with this command's settings and prompt
+        cfg.generate.prompt = text
+        click.echo(json.dumps({"generate": cfg.generate.model_dump(), "samples": samples}, indent=2, sort_keys=True))
+        return
+    for sample in samples:
         click.echo(sample["prompt"] + sample["completion"])
         if cfg.generate.num_samples > 1:
             click.echo("-" * 40)
