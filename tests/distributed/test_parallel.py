@@ -127,8 +127,10 @@ def test_sharded_modes_write_sharded_checkpoints(two_process_runs):
 def test_bf16_with_each_mode(two_process_runs, parallel_reference, parallel_reference_bf16, mode):
     run = two_process_runs / mode
     # bf16 rounding differs between layouts and grows over the steps; measured against one process in bf16:
-    # losses up to 2.6e-4 apart (tp_bf16_compile; the others 1.7e-4), gradient norms up to 1.4e-3
-    assert_losses_match(run, parallel_reference_bf16, tol=3e-4, grad_norm_tol=2e-3)
+    # losses up to 2.6e-4 apart (tp_bf16_compile; the others 1.7e-4), gradient norms up to 1.4e-3 on one
+    # host and 2.1e-3 (fsdp_bf16_compile, step 8, the same at every rerun) on an AMD EPYC one: the CPU's bf16
+    # kernels decide the rounding
+    assert_losses_match(run, parallel_reference_bf16, tol=3e-4, grad_norm_tol=3e-3)
     # autocast really ran in bf16, here and in the reference: fp32 layouts are within 6e-7 of the fp32 run,
     # bf16 ones 1.4e-4 or more away from it (a run in the wrong precision passes the bound above, not this)
     assert max_loss_difference(run, parallel_reference) > 5e-5
