@@ -16,10 +16,12 @@ sequence longer than the model's context is truncated from the left, keeping the
 Batching: requests whose model input is a prefix of another request's input (identical inputs included:
 multiple choice with one-token answers; choices that extend one another) are read off that one forward
 pass, since causal attention makes the logits at a position depend only on the tokens up to it. Rows
-that share their context (several multi-token choices after one question) run that context once into a
-KV cache and their own tokens as one batch after it. The other rows are sorted by length (longest
-first), padded on the right (padding sits after every real token, so it changes no real position) and
-scored ``batch_size`` at a time. The model must already be on ``device``. Log-softmax is taken in fp32
+that share their context (several multi-token choices after one question) are packed into one row: the
+context once, then each row's own tokens at the positions they would have alone, an attention mask
+keeping each to the context and itself (``Decoder.forward_packed``). Packed rows are sorted by length
+(longest first), padded on the right and run ``batch_size`` at a time, the LM head only at the scored
+positions. Without sharing (``share_context=False``), every row is a plain padded forward (padding sits
+after every real token, so it changes no real position). The model must already be on ``device``. Log-softmax is taken in fp32
 (fp64 for an fp64 model) whatever the model's dtype; results come back in request order.
 """
 
@@ -33,8 +35,10 @@ from tokenizers import Tokenizer
 
 from lmforge.data.tokenizer import EOS_ID, EOS_TOKEN
 from lmforge.errors import LmforgeError
-from lmforge.model.decoder import Decoder, KVCache
+from lmforge.model.decoder import Decoder
 from lmforge.model.generate import generate
+
+WIDTH_STEP = 8  # packed rows are padded to a multiple of this many tokens
 
 
 class Score(NamedTuple):
@@ -89,8 +93,8 @@ def score_token_pairs(model: Decoder, pairs: Sequence[tuple[list[int], list[int]
     tokens (default: its context length), the context truncated from the left.
 
     With ``share_context``, rows that read the same tokens before their first scored position (several
-    choices after one context) run that context once into a KV cache, then their remaining tokens as one
-    batch from it; otherwise (and for a model without ``forward_cached``) every row is a full forward."""
+    choices after one context) run as one packed row (``_score_packed``); otherwise (and for a model
+    without ``forward_packed``) every row is a full forward."""
     if batch_size < 1:
         raise LmforgeError(f"batch_size must be >= 1, got {batch_size}")
     max_len = model.dims.context_length if max_len is None else max_len
@@ -120,59 +124,78 @@ def score_token_pairs(model: Decoder, pairs: Sequence[tuple[list[int], list[int]
     for i, h in enumerate(host):
         guests.setdefault(h, []).append(i)
 
-    # shared contexts: host rows with the same tokens up to (and including) the one before the first
-    # continuation token; a group of distinct hosts never has a host that is the context alone
-    groups: dict[tuple[int, ...], list[int]] = {}
-    if share_context and hasattr(model, "forward_cached"):
-        for h in rows:
-            groups.setdefault(inputs[h][:len(inputs[h]) - len(targets[h]) + 1], []).append(h)
-    shared = {prefix: members for prefix, members in groups.items() if len(members) > 1}
-    in_shared = {h for members in shared.values() for h in members}
-    plain = [h for h in rows if h not in in_shared]
-
     device = torch.device(device) if device is not None else next(model.parameters()).device
     scores: list[Score | None] = [None] * len(inputs)
-
-    def score_row(h: int, logprobs: torch.Tensor) -> None:  # logprobs (>= len(inputs[h]), V)
-        for i in guests[h]:
-            scores[i] = _score(logprobs, len(inputs[i]), targets[i])
-
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(plain), batch_size):
-                batch = plain[start:start + batch_size]
-                logprobs = _log_softmax(model(_right_padded([inputs[h] for h in batch], device)))  # (B, T, V)
-                for r, h in enumerate(batch):
-                    score_row(h, logprobs[r])
-            for prefix, members in shared.items():
-                for h, logprobs in zip(members, _shared_context_rows(
-                        model, prefix, [inputs[h][len(prefix):] for h in members], batch_size, device)):
-                    score_row(h, logprobs)
+            if share_context and hasattr(model, "forward_packed"):
+                _score_packed(model, inputs, targets, rows, guests, scores, batch_size, device)
+            else:
+                for start in range(0, len(rows), batch_size):
+                    batch = rows[start:start + batch_size]
+                    logprobs = _log_softmax(model(_right_padded([inputs[h] for h in batch], device)))  # (B, T, V)
+                    for r, h in enumerate(batch):
+                        for i in guests[h]:
+                            n = len(targets[i])
+                            scores[i] = _score(logprobs[r, len(inputs[i]) - n:len(inputs[i])], targets[i])
     finally:
         model.train(was_training)
     return scores  # type: ignore[return-value]
 
 
-def _shared_context_rows(model: Decoder, prefix: tuple[int, ...], suffixes: list[tuple[int, ...]], batch_size: int,
-                         device: torch.device) -> list[torch.Tensor]:
-    """Log-probabilities (len(prefix) + len(suffix), V) of prefix + each suffix (suffixes non-empty, longest
-    first): the prefix runs once into a KV cache, the suffixes ``batch_size`` at a time after it."""
-    P, width = len(prefix), max(len(s) for s in suffixes)
-    weight = next(model.parameters())
-    prefix_cache = KVCache.allocate(model.dims, 1, P + width, device, weight.dtype)
-    prefix_logprobs = _log_softmax(model.forward_cached(
-        torch.tensor([prefix], dtype=torch.long, device=device), prefix_cache, start_pos=0))[0]  # (P, V)
-    out = []
-    for start in range(0, len(suffixes), batch_size):
-        batch = suffixes[start:start + batch_size]
-        B = len(batch)
-        cache = KVCache([k.expand(B, -1, -1, -1).clone() for k in prefix_cache.keys],
-                        [v.expand(B, -1, -1, -1).clone() for v in prefix_cache.values])
-        logprobs = _log_softmax(model.forward_cached(_right_padded(batch, device), cache, start_pos=P))  # (B, S, V)
-        out.extend(torch.cat((prefix_logprobs, logprobs[r, :len(suffix)])) for r, suffix in enumerate(batch))
-    return out
+def _score_packed(model: Decoder, inputs: list[tuple[int, ...]], targets: list[list[int]], rows: list[int],
+                  guests: dict[int, list[int]], scores: list, batch_size: int, device: torch.device) -> None:
+    """Host rows that read the same tokens up to the one before their first continuation token (several
+    choices after one context) become one packed row: that prefix once, then each host's remaining tokens
+    at the positions they would have alone, attending to the prefix and to themselves only. Packed rows run
+    ``batch_size`` at a time (longest first, right-padded; padding attends to itself alone), and the LM head
+    runs only at the positions whose predictions are scored."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for h in rows:
+        groups.setdefault(inputs[h][:len(inputs[h]) - len(targets[h]) + 1], []).append(h)
+    packed = []  # (tokens, positions, segment of each token, {host: offset of its own tokens})
+    for prefix, members in groups.items():
+        tokens, positions, segments, offsets = list(prefix), list(range(len(prefix))), [0] * len(prefix), {}
+        for seg, h in enumerate(members, start=1):
+            own = inputs[h][len(prefix):]
+            offsets[h] = len(tokens)
+            tokens += own
+            positions += range(len(prefix), len(prefix) + len(own))
+            segments += [seg] * len(own)
+        packed.append((tokens, positions, segments, offsets, len(prefix)))
+    # rows are padded to their length rounded up to WIDTH_STEP and batched only with rows of that width: a
+    # row's arithmetic is then the same whatever the batch size (up to the matmul's own blocking)
+    by_width: dict[int, list] = {}
+    for p in packed:
+        by_width.setdefault(-(-len(p[0]) // WIDTH_STEP) * WIDTH_STEP, []).append(p)
+    batches = [(width, rows_[i:i + batch_size]) for width, rows_ in sorted(by_width.items(), reverse=True)
+               for i in range(0, len(rows_), batch_size)]
+    for width, batch in batches:
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        positions = torch.zeros(len(batch), width, dtype=torch.long)
+        segments = torch.full((len(batch), width), -1, dtype=torch.long)  # -1: padding
+        for r, (t, pos, seg, _, _) in enumerate(batch):
+            tokens[r, :len(t)], positions[r, :len(t)], segments[r, :len(t)] = (torch.tensor(x) for x in (t, pos, seg))
+        index = torch.arange(width)
+        same = segments[:, None, :] == segments[:, :, None]  # (B, query, key)
+        mask = (index[None, None, :] <= index[None, :, None]) & ((segments[:, None, :] == 0) | same)
+        mask |= torch.eye(width, dtype=torch.bool)[None]  # padding attends to itself (no empty softmax row)
+        hidden = model.forward_packed(tokens.to(device), positions.to(device), mask[:, None].to(device))  # (B, T, C)
+        picks, spans = [], []  # packed (row, position) of every scored prediction; per request its span in picks
+        for r, (_, _, _, offsets, prefix_len) in enumerate(batch):
+            for h, offset in offsets.items():
+                for i in guests[h]:
+                    n = len(targets[i])
+                    at = [p if p < prefix_len else offset + p - prefix_len
+                          for p in range(len(inputs[i]) - n, len(inputs[i]))]
+                    spans.append((i, len(picks), n))
+                    picks += [(r, p) for p in at]
+        where = torch.tensor(picks, device=device)
+        logprobs = _log_softmax(model.lm_head(hidden[where[:, 0], where[:, 1]]))  # (picks, V)
+        for i, begin, n in spans:
+            scores[i] = _score(logprobs[begin:begin + n], targets[i])
 
 
 def _right_padded(sequences: list[tuple[int, ...]], device: torch.device) -> torch.Tensor:
@@ -189,15 +212,12 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return (logits if logits.dtype == torch.float64 else logits.float()).log_softmax(dim=-1)
 
 
-def _score(logprobs: torch.Tensor, input_len: int, target_ids: list[int]) -> Score:
-    """Score of ``target_ids`` predicted at the last len(target_ids) of the first ``input_len`` positions
-    of one row of log-probabilities (T, V)."""
-    n = len(target_ids)
-    rows = logprobs[input_len - n:input_len]  # (n, V)
+def _score(rows: torch.Tensor, target_ids: list[int]) -> Score:
+    """Score of ``target_ids`` predicted by the log-probability rows (n, V), one per target."""
     target = torch.tensor(target_ids, device=rows.device)
     picked = rows.gather(1, target[:, None])[:, 0]  # (n,)
     is_greedy = bool((rows.argmax(dim=-1) == target).all())
-    return Score(float(picked.double().sum()), n, is_greedy)
+    return Score(float(picked.double().sum()), len(target_ids), is_greedy)
 
 
 def rolling_windows(token_ids: Sequence[int], prefix_id: int, window: int,

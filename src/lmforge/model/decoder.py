@@ -76,13 +76,16 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(dims.n_heads * dims.head_dim, dims.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cache: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0) -> torch.Tensor:
+                cache: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k, v = rotary_qkv(self.qkv_proj(x), cos, sin, H, K)  # (B, H, T, D), (B, K, T, D), (B, K, T, D)
 
         mask, is_causal = None, True
-        if cache is not None:
+        if attn_mask is not None:  # packed rows: who attends to whom is given (B, 1, T, T)
+            mask, is_causal = attn_mask, False
+        elif cache is not None:
             cache_k, cache_v = cache
             end = start_pos + T
             cache_k[:, :, start_pos:end] = k
@@ -120,8 +123,8 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dims)
         self.residual_dropout = nn.Dropout(dims.dropout) if dims.dropout > 0 else nn.Identity()
 
-    def forward(self, x, cos, sin, cache=None, start_pos: int = 0):
-        x = x + self.residual_dropout(self.attn(self.attn_norm(x), cos, sin, cache, start_pos))
+    def forward(self, x, cos, sin, cache=None, start_pos: int = 0, attn_mask=None):
+        x = x + self.residual_dropout(self.attn(self.attn_norm(x), cos, sin, cache, start_pos, attn_mask))
         return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))  # (B, T, C)
 
 
@@ -187,6 +190,21 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, (cache.keys[i], cache.values[i]), start_pos)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
+
+
+    def forward_packed(self, tokens: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states (B, T, C) of packed rows: token t of row b sits at position
+        ``positions[b, t]`` (its rotary angle) and attends to the tokens ``attn_mask[b, 0, t]`` allows (bool,
+        (B, 1, T, T)). Several sequences that share a prefix then run as one row (the prefix once, each
+        continuation after it attending to the prefix and itself); ``lm_head`` is left to the caller, so
+        that it runs only where a prediction is needed."""
+        if int(positions.max()) >= self.dims.context_length:
+            raise ValueError(f"position {int(positions.max())} exceeds the context length {self.dims.context_length}")
+        x = self.embed_tokens(tokens)  # (B, T, C)
+        cos, sin = self.rope_cos[positions].unsqueeze(1), self.rope_sin[positions].unsqueeze(1)  # (B, 1, T, D/2)
+        for layer in self.layers:
+            x = layer(x, cos, sin, attn_mask=attn_mask)
+        return self.final_norm(x)
 
 
 def _matmul_parameters(dims: ModelDims) -> tuple[int, int]:
