@@ -124,7 +124,8 @@ class Block(nn.Module):
         self.residual_dropout = nn.Dropout(dims.dropout) if dims.dropout > 0 else nn.Identity()
 
     def forward(self, x, cos, sin, cache=None, start_pos: int = 0, attn_mask=None):
-        x = x + self.residual_dropout(self.attn(self.attn_norm(x), cos, sin, cache, start_pos, attn_mask))
+        # attn_mask by keyword: tensor parallelism prepares the positional inputs (x, cos, sin, cache, start_pos)
+        x = x + self.residual_dropout(self.attn(self.attn_norm(x), cos, sin, cache, start_pos, attn_mask=attn_mask))
         return x + self.residual_dropout(self.mlp(self.mlp_norm(x)))  # (B, T, C)
 
 
