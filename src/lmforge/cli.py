@@ -19,6 +19,7 @@ from lmforge.estimate.command import estimate
 from lmforge.evaluate.command import eval_, generate
 from lmforge.run_command import run
 from lmforge.train.command import train
+from lmforge.transfer.command import finetune
 from lmforge.tune.command import tune
 from lmforge.tune.compare_command import optimizers
 
@@ -43,6 +44,7 @@ cli.add_command(export)
 cli.add_command(tune)
 cli.add_command(estimate)
 cli.add_command(optimizers)
+cli.add_command(finetune)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,3 +34,8 @@ class TrainingError(LmforgeError):
 
 class TuneError(LmforgeError):
     """A hyperparameter search cannot start: a bad search space, sampler, pruner or storage."""
+
+
+class FinetuneError(LmforgeError):
+    """Fine-tuning cannot start: a base that does not fit the run, a freezing pattern or LoRA target that
+    matches nothing."""

@@ -17,6 +17,7 @@ from lmforge.errors import RecipeError
 from lmforge.evaluate.config import EvalConfig, GenerateConfig
 from lmforge.model.config import ModelConfig
 from lmforge.train.config import TrainConfig
+from lmforge.transfer.config import FinetuneConfig
 from lmforge.tune.config import TuneConfig
 
 BUILTIN_RECIPES = Path(__file__).parent / "recipes"
@@ -37,6 +38,7 @@ class RunConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     generate: GenerateConfig = GenerateConfig()
     tune: TuneConfig = TuneConfig()
+    finetune: FinetuneConfig | None = None  # lmforge finetune (not part of lmforge run); absent: its defaults
 
     def section_hash(self, *sections: str) -> str:
         """A fingerprint of some sections, to tell whether a finished stage is still valid."""

@@ -2,8 +2,9 @@
 
 Variants plug in from outside instead of adding branches here: ``loss_fn`` (default: the language-model
 loss), ``init_from`` (a checkpoint or exported model whose weights replace the seeded initial ones) and
-``trainable`` (which parameters train; the others are frozen). Parallelism wraps the model from outside
-(``distributed.parallelize``).
+``trainable`` (which parameters train; the others are frozen) and ``adapt`` (changes the model from outside
+after its initial weights, before ``trainable``: adapters such as LoRA). Parallelism wraps the model from
+outside (``distributed.parallelize``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from lmforge.train.validation import evaluate_loss
 # (parallel) model, so gradient synchronisation happens inside its forward as usual
 LossFn = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 Trainable = Callable[[str, nn.Parameter], bool]
+Adapt = Callable[[Decoder], None]  # changes the model in place (adapter layers around its projections)
 
 
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -95,22 +97,22 @@ class Trainer:
 def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
           on_eval: Callable[[int, dict], None] | None = None, loss_fn: LossFn = lm_loss,
           eval_extra: Callable[[int, nn.Module], dict] | None = None,
-          init_from: str | Path | None = None, trainable: Trainable | None = None) -> dict:
+          init_from: str | Path | None = None, trainable: Trainable | None = None, adapt: Adapt | None = None) -> dict:
     """Train to ``train.max_steps``; returns a summary. ``on_eval(step, result)`` is called after every
     validation (hyperparameter search uses it to prune a trial by raising); ``eval_extra(step, model)`` runs
     before it in the main process and its figures join the validation record (``train.eval_tasks``). Memory
     is released after."""
     try:
         return _train(run, cfg, ctx, resume=resume, on_eval=on_eval, eval_extra=eval_extra, loss_fn=loss_fn,
-                      init_from=init_from, trainable=trainable)
+                      init_from=init_from, trainable=trainable, adapt=adapt)
     finally:
         release_memory()
 
 
 def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_eval, eval_extra, loss_fn: LossFn,
-           init_from, trainable: Trainable | None) -> dict:
+           init_from, trainable: Trainable | None, adapt: Adapt | None = None) -> dict:
     tc = cfg.train
-    t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable)
+    t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable, adapt=adapt)
     counters = restore(run, t, resume)
     start = counters.step
     if start >= tc.max_steps:
@@ -178,8 +180,9 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
 
 
 def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm_loss, init_from=None,
-          trainable: Trainable | None = None) -> Trainer:
-    """Data, layout, memory plan, model (seeded, or ``init_from``), parallel wrapping, batches, optimizer."""
+          trainable: Trainable | None = None, adapt: Adapt | None = None) -> Trainer:
+    """Data, layout, memory plan, model (seeded, or ``init_from``; then ``adapt``), parallel wrapping, batches,
+    optimizer."""
     tc = cfg.train
     train_data, val_data = TokenShards(run.tokens("train")), TokenShards(run.tokens("val"))
     device = ctx.device
@@ -192,6 +195,8 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
     model = build_model(cfg, train_data.vocab_size, device)
     if init_from is not None:
         load_initial_weights(model, init_from)
+    if adapt is not None:
+        adapt(model)
     if trainable is not None:
         for name, p in model.named_parameters():
             p.requires_grad_(trainable(name, p))

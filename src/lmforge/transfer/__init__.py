@@ -1,0 +1,1 @@
+"""Transfer: fine-tuning a trained model (full, frozen, LoRA through peft) on the run's data."""

@@ -1,0 +1,217 @@
+"""``lmforge finetune``: continue training a base model on the run's token shards, fully, with some
+parameters frozen, or with LoRA adapters, through the training loop's plug points (``init_from``,
+``trainable``, ``adapt``). Everything is written under ``<run>/finetune/``: checkpoints, metrics.jsonl,
+summary.json, and (LoRA) ``adapter/`` in peft's format for the HF export."""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from pathlib import Path
+
+import torch
+
+from lmforge.checkpoint.load import checkpoint_dims, load_checkpoint, load_model, pick
+from lmforge.core.atomic import atomic_write_json
+from lmforge.core.progress import info
+from lmforge.data.packing import TokenShards
+from lmforge.data.tokenizer import load_tokenizer
+from lmforge.errors import FinetuneError
+from lmforge.model.config import ModelConfig, ModelDims
+from lmforge.model.decoder import Decoder, count_parameters
+from lmforge.recipe import RunConfig
+from lmforge.rundir import RunDir
+from lmforge.train.config import sequence_length
+from lmforge.transfer.config import FinetuneConfig
+from lmforge.transfer.lora import add_lora, is_lora_parameter, lora_targets, save_hf_adapter
+
+STAGE = "finetune"
+
+
+class FinetuneRunDir(RunDir):
+    """The run directory as the training loop sees it while fine-tuning: the run's tokenizer and token
+    shards, with checkpoints and metrics under ``<run>/finetune/``."""
+
+    def __init__(self, run: RunDir):
+        super().__init__(run.root)
+        self.run = run
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.run.tokenizer
+
+    def tokens(self, split: str) -> Path:
+        return self.run.tokens(split)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.stage_dir(STAGE) / "checkpoints"
+
+    @property
+    def metrics(self) -> Path:
+        return self.stage_dir(STAGE) / "metrics.jsonl"
+
+    @property
+    def adapter(self) -> Path:
+        return self.stage_dir(STAGE) / "adapter"
+
+
+@dataclasses.dataclass
+class FinetunePlan:
+    """What ``check_finetune`` settled before anything is written."""
+    base: Path
+    dims: ModelDims
+    cfg: RunConfig  # the recipe the loop trains with: the base's model, finetune's steps and learning rate
+    trainable: object  # (name, param) -> bool, or None: every parameter
+    lora_targets: list[str]
+    trainable_parameters: int
+    parameters: int
+
+
+def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
+    return cfg.finetune or FinetuneConfig()
+
+
+def model_config(dims: ModelDims, like: ModelConfig) -> ModelConfig:
+    """The recipe's ``model:`` section that describes ``dims`` (training-only settings from ``like``)."""
+    return ModelConfig(size="debug", d_model=dims.d_model, n_layers=dims.n_layers, n_heads=dims.n_heads,
+                       n_kv_heads=dims.n_kv_heads, ffn_hidden=dims.ffn_hidden, context_length=dims.context_length,
+                       rope_theta=dims.rope_theta, norm_eps=dims.norm_eps, tie_embeddings=dims.tie_embeddings,
+                       dropout=like.dropout, init_std=like.init_std)
+
+
+def training_config(cfg: RunConfig, fc: FinetuneConfig, dims: ModelDims) -> RunConfig:
+    """A copy of the recipe for the loop: ``train:``'s optimizer, batch, schedule shape and cadence, with
+    fine-tuning's steps, learning rate and warm-up, and the base's dimensions as ``model:``."""
+    train = cfg.train.model_copy(update={"max_steps": fc.max_steps, "lr": fc.lr, "warmup_steps": fc.warmup_steps,
+                                         "eval_tasks": []})
+    return cfg.model_copy(update={"model": model_config(dims, cfg.model), "train": train})
+
+
+def frozen_names(model: torch.nn.Module, fc: FinetuneConfig) -> set[str]:
+    """The parameters ``mode: frozen`` keeps as they are; every pattern must match one."""
+    names = [name for name, _ in model.named_parameters()]  # a tied LM head once, as embed_tokens.weight
+    settings = fc.frozen
+    frozen = {"embed_tokens.weight"} if settings.embeddings else set()
+    n_layers = model.dims.n_layers
+    if settings.first_blocks > n_layers:
+        raise FinetuneError(f"finetune.frozen.first_blocks: {settings.first_blocks} exceeds the base's "
+                            f"{n_layers} blocks")
+    frozen |= {n for n in names for i in range(settings.first_blocks) if n.startswith(f"layers.{i}.")}
+    for pattern in settings.patterns:
+        matched = fnmatch.filter(names, pattern)
+        if not matched:
+            raise FinetuneError(f"finetune.frozen.patterns: {pattern!r} matches no parameter of the base "
+                                f"(names such as {names[1]})")
+        frozen |= set(matched)
+    if not frozen:
+        raise FinetuneError("finetune.mode=frozen freezes nothing: set finetune.frozen.embeddings, first_blocks "
+                            "or patterns")
+    if frozen == set(names):
+        raise FinetuneError("finetune.frozen: every parameter is frozen; nothing would train")
+    return frozen
+
+
+def _base_tokenizer_vocab(run: RunDir, base: Path) -> dict | None:
+    """The vocabulary of the base's own tokenizer (an HF folder's, another run's); None: the run's own, or none."""
+    if base.is_relative_to(run.root.absolute()):
+        return None
+    tokenizer = load_model(base).tokenizer
+    return None if tokenizer is None else tokenizer.get_vocab()
+
+
+def check_base(run: RunDir, base: Path, dims: ModelDims) -> None:
+    """The base must read the run's token shards: the same vocabulary as the tokenizer that packed them."""
+    shards = TokenShards(run.tokens("train"))
+    if dims.vocab_size != shards.vocab_size:
+        raise FinetuneError(f"finetune.base {base}: a model of vocabulary {dims.vocab_size}, but {run.root}'s token "
+                            f"shards were packed with a tokenizer of {shards.vocab_size} tokens (fine-tuning uses the "
+                            "base's tokenizer: pack the data with it)")
+    theirs = _base_tokenizer_vocab(run, base)
+    if theirs is not None and run.tokenizer.exists() and theirs != load_tokenizer(run.tokenizer).get_vocab():
+        raise FinetuneError(f"finetune.base {base}: its tokenizer is not the one {run.root}'s token shards were "
+                            "packed with (same size, other tokens)")
+
+
+def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False) -> FinetunePlan:
+    """Everything that can be refused, before anything is written: the base, the freezing patterns, the
+    LoRA targets, the sequence length, existing checkpoints without --resume (or ``redo``: they will go)."""
+    fc = finetune_settings(cfg)
+    for need in (run.tokens("train") / "index.json", run.tokens("val") / "index.json"):
+        if not need.exists():
+            raise FinetuneError(f"{need}: not found; run the data stages first (lmforge data)")
+    base = pick(run, fc.base).absolute()
+    dims = checkpoint_dims(base)
+    check_base(run, base, dims)
+    tcfg = training_config(cfg, fc, dims)
+    sequence_length(tcfg.train, dims.context_length)  # train.seq_len must fit the base's context
+    ft_run = FinetuneRunDir(run)
+    latest = ft_run.latest_checkpoint()
+    if latest is not None and not (resume or redo):
+        raise FinetuneError(f"{ft_run.stage_dir(STAGE)} already holds fine-tuning checkpoints (latest: step "
+                            f"{latest[0]}); pass --resume to continue, or --redo to fine-tune over")
+    with torch.device("meta"):  # names and shapes only
+        model = Decoder(dims)
+    targets, trainable = [], None
+    if fc.mode == "frozen":
+        frozen = frozen_names(model, fc)
+        trainable = lambda name, param: name not in frozen  # noqa: E731
+    elif fc.mode == "lora":
+        targets = lora_targets(model, fc.lora.target_modules)
+        add_lora(model, fc.lora)
+        trainable = is_lora_parameter
+    total = count_parameters(model)
+    share = sum(p.numel() for n, p in model.named_parameters() if trainable is None or trainable(n, p))
+    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total)
+
+
+def adapter_hook(fc: FinetuneConfig):
+    """The training loop's ``adapt`` plug point for ``fc``: LoRA layers around the targets, or None."""
+    if fc.mode != "lora":
+        return None
+    return lambda model: add_lora(model, fc.lora)
+
+
+def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: bool) -> dict:
+    """Fine-tune as ``plan`` says; writes ``finetune/summary.json`` (and the LoRA adapter); returns it."""
+    from lmforge.train.loop import train
+
+    fc = finetune_settings(cfg)
+    ft_run = FinetuneRunDir(run)
+    ft_run.stage_summary(STAGE).unlink(missing_ok=True)
+    info(f"fine-tuning {plan.base} ({fc.mode}): {plan.trainable_parameters:,} of {plan.parameters:,} parameters "
+         f"train ({100 * plan.trainable_parameters / plan.parameters:.2f}%)")
+    result = train(ft_run, plan.cfg, ctx, resume=resume, init_from=plan.base, trainable=plan.trainable,
+                   adapt=adapter_hook(fc))
+    summary = {"base": str(plan.base), "objective": fc.objective, "mode": fc.mode, **result,
+               "trainable_parameters": plan.trainable_parameters,
+               "trainable_share": plan.trainable_parameters / plan.parameters,
+               "base_val_loss": _first_eval(ft_run), "final_val_loss": _last_eval(ft_run)}
+    if fc.mode == "lora":
+        summary["adapter"] = str(write_adapter(ft_run, plan, fc).relative_to(run.root))
+    atomic_write_json(ft_run.stage_summary(STAGE), summary)
+    return summary
+
+
+def write_adapter(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig) -> Path:
+    """The latest fine-tuning checkpoint's adapters, in peft's format for the base's HF export."""
+    model = Decoder(plan.dims)
+    add_lora(model, fc.lora)
+    load_checkpoint(ft_run.latest_checkpoint()[1], model, restore_rng_state=False)
+    return save_hf_adapter(model, plan.dims, fc.lora, plan.lora_targets, ft_run.adapter, base=str(plan.base))
+
+
+def _evals(run: RunDir) -> list[dict]:
+    from lmforge.core.metrics import read_metrics
+
+    return [r for r in read_metrics(run.metrics) if r.get("kind") == "eval"]
+
+
+def _first_eval(run: RunDir) -> float | None:
+    evals = _evals(run)
+    return evals[0]["val_loss"] if evals and evals[0]["step"] == 0 else None
+
+
+def _last_eval(run: RunDir) -> float | None:
+    evals = _evals(run)
+    return evals[-1]["val_loss"] if evals else None
