@@ -1,7 +1,7 @@
 """``lmforge finetune`` end to end on the debug recipe: a base trained 10 steps, fine-tuned 10 steps fully
 and with LoRA (losses below the base's; checkpoints, metrics, summary and the peft adapter under finetune/;
 the adapter on the HF export gives the fine-tuned model's logits), resumed bit-identically, and bad input
-refused in one line with nothing written."""
+refused in one line with nothing written; the same for objective sft (prompt -> completion records)."""
 
 from __future__ import annotations
 
@@ -140,4 +140,74 @@ def test_a_base_of_another_vocabulary_is_one_line_and_writes_nothing(trained, tm
     assert_error_line(code, err, f"error: finetune.base {other.absolute()}: a model of vocabulary 97, but {root}'s "
                                  "token shards were packed with a tokenizer of 512 tokens (fine-tuning uses the base's "
                                  "tokenizer: pack the data with it)")
+    assert snapshot(root) == before
+
+
+SFT = ["--set", "finetune.objective=sft", "--set", "finetune.val_fraction=0.2"]
+
+
+def sft_records(path: Path, n: int = 60) -> Path:
+    """Prompt -> completion records the base has never seen: sums, answered in one fixed form."""
+    with path.open("w") as f:
+        for i in range(n):
+            a, b = (7 * i) % 23, (5 * i + 3) % 19
+            f.write(json.dumps({"prompt": f"# what is {a} + {b}?\n", "completion": f"answer = {a + b}  # done"}) + "\n")
+    return path
+
+
+def sft_evals(root: Path) -> list[tuple[int, float]]:
+    records = read_metrics(root / "finetune" / "metrics.jsonl")
+    return [(r["step"], r["val_loss"]) for r in records if r["kind"] == "eval"]
+
+
+@pytest.mark.parametrize("mode", [[], LORA], ids=["full", "lora"])
+def test_sft_lowers_the_completion_loss_and_resumes_bit_identically(trained, tmp_path, mode):
+    root = copy_of(trained, tmp_path)
+    data = sft_records(tmp_path / "sft.jsonl")
+    args = ["finetune", "--run-dir", str(root), *FAST, *SFT, "--set", f"finetune.data={data}", *mode]
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    summary = json.loads((root / "finetune" / "summary.json").read_text())
+    assert (summary["objective"], summary["train_records"], summary["val_records"]) == ("sft", 48, 12)
+    assert summary["data"] == str(data) and summary["steps"] == 10
+    evals = sft_evals(root)
+    assert [s for s, _ in evals] == [0, 5, 10] and evals[0][1] == summary["base_val_loss"]
+    drop = 0.2 if mode else 0.5  # measured on CPU (held-out / training): full 0.79 / 0.59, lora 0.40 / 0.25
+    assert summary["final_val_loss"] < summary["base_val_loss"] - drop, evals  # held-out completions
+    losses = [loss for _, loss in finetune_losses(root)]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - drop, losses
+    if mode:
+        assert 0 < summary["trainable_share"] < 0.25 and (root / "finetune" / "adapter").is_dir()
+        return
+    expected = finetune_losses(root)
+    shutil.rmtree(FinetuneRunDir(RunDir(root)).checkpoint(10))  # interrupted after step 5's checkpoint
+    code, _, err = run_cli(*args, "--resume")
+    assert code == 0, err
+    assert finetune_losses(root) == expected and sft_evals(root) == evals  # bit-identical floats
+    assert temporaries(root) == []
+
+
+@pytest.mark.parametrize("lines, line", [
+    (['{"prompt": "a"}'], "error: DATA:1: no 'completion' field (finetune.completion_field)"),
+    (['{"prompt": "a", "completion": "b"}', '{"prompt": 1, "completion": "b"}'],
+     "error: DATA:2: field 'prompt' is int, not a string"),
+    ([], "error: finetune.data DATA: no records"),
+    (['{"prompt": "a", "completion": "b"', '{"prompt": "a", "completion": "b"}'], "error: DATA:1: invalid JSON"),
+    (None, "error: finetune.objective=sft needs finetune.data: a JSONL file of records with 'prompt' and "
+           "'completion' string fields"),
+    (["causal_lm"], "error: finetune.data is read by objective sft only (finetune.objective=sft); objective causal_lm "
+                    "trains on the run's token shards"),
+])
+def test_bad_sft_records_are_one_line_and_write_nothing(trained, tmp_path, lines, line):
+    root = copy_of(trained, tmp_path)
+    data = tmp_path / "sft.jsonl"
+    settings = SFT
+    if lines == ["causal_lm"]:
+        settings = ["--set", f"finetune.data={sft_records(data)}"]
+    elif lines is not None:
+        data.write_text("".join(f"{x}\n" for x in lines))
+        settings = [*SFT, "--set", f"finetune.data={data}"]
+    before = snapshot(root)
+    code, _, err = run_cli("finetune", "--run-dir", str(root), *settings)
+    assert_error_line(code, err, line.replace("DATA", str(data)))
     assert snapshot(root) == before

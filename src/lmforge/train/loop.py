@@ -3,8 +3,9 @@
 Variants plug in from outside instead of adding branches here: ``loss_fn`` (default: the language-model
 loss), ``init_from`` (a checkpoint or exported model whose weights replace the seeded initial ones) and
 ``trainable`` (which parameters train; the others are frozen) and ``adapt`` (changes the model from outside
-after its initial weights, before ``trainable``: adapters such as LoRA). Parallelism wraps the model from
-outside (``distributed.parallelize``).
+after its initial weights, before ``trainable``: adapters such as LoRA) and ``batches`` (training samples and
+validation from elsewhere than the token shards: fine-tuning's prompt/completion records). Parallelism wraps
+the model from outside (``distributed.parallelize``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,6 +57,24 @@ Trainable = Callable[[str, nn.Parameter], bool]
 Adapt = Callable[[Decoder], None]  # changes the model in place (adapter layers around its projections)
 
 
+class BatchSource(Protocol):
+    """The ``batches`` plug point: samples that replace the token shards' windows. ``BatchPlan`` still picks
+    the samples of step N from (seed, N), so resuming reads the same batches; ``loss_fn`` must take what
+    ``windows`` returns (as a tensor)."""
+
+    digest: str  # what the resume key records as the training data
+
+    def num_windows(self, seq_len: int) -> int:
+        """Training samples in one epoch."""
+
+    def windows(self, indices, seq_len: int) -> np.ndarray:
+        """The batch of samples ``indices``."""
+
+    def evaluate(self, model: nn.Module, seq_len: int, *, batch_size: int, max_windows: int | None,
+                 device: torch.device, ctx: DistContext) -> dict:
+        """Validation figures, as ``evaluate_loss``'s (loss, perplexity, bits_per_byte, tokens)."""
+
+
 def lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy: the default loss."""
     return model(batch[:, :-1], batch[:, 1:])
@@ -78,7 +99,7 @@ class Trainer:
     """Everything one run trains with, built once by ``setup``."""
     cfg: RunConfig
     ctx: DistContext
-    train_data: TokenShards
+    train_data: TokenShards | BatchSource  # where training batches come from
     val_data: TokenShards
     seq_len: int
     policy: PrecisionPolicy
@@ -88,6 +109,7 @@ class Trainer:
     optimizer: torch.optim.Optimizer
     key: dict  # the resume key every checkpoint records
     loss_fn: LossFn
+    batches: BatchSource | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -97,22 +119,24 @@ class Trainer:
 def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
           on_eval: Callable[[int, dict], None] | None = None, loss_fn: LossFn = lm_loss,
           eval_extra: Callable[[int, nn.Module], dict] | None = None,
-          init_from: str | Path | None = None, trainable: Trainable | None = None, adapt: Adapt | None = None) -> dict:
+          init_from: str | Path | None = None, trainable: Trainable | None = None, adapt: Adapt | None = None,
+          batches: BatchSource | None = None) -> dict:
     """Train to ``train.max_steps``; returns a summary. ``on_eval(step, result)`` is called after every
     validation (hyperparameter search uses it to prune a trial by raising); ``eval_extra(step, model)`` runs
     before it in the main process and its figures join the validation record (``train.eval_tasks``). Memory
     is released after."""
     try:
         return _train(run, cfg, ctx, resume=resume, on_eval=on_eval, eval_extra=eval_extra, loss_fn=loss_fn,
-                      init_from=init_from, trainable=trainable, adapt=adapt)
+                      init_from=init_from, trainable=trainable, adapt=adapt, batches=batches)
     finally:
         release_memory()
 
 
 def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_eval, eval_extra, loss_fn: LossFn,
-           init_from, trainable: Trainable | None, adapt: Adapt | None = None) -> dict:
+           init_from, trainable: Trainable | None, adapt: Adapt | None = None,
+           batches: BatchSource | None = None) -> dict:
     tc = cfg.train
-    t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable, adapt=adapt)
+    t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable, adapt=adapt, batches=batches)
     counters = restore(run, t, resume)
     start = counters.step
     if start >= tc.max_steps:
@@ -121,8 +145,12 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
     meter = ThroughputMeter(t, tc.peak_tflops)
 
     def validate(step: int) -> dict:
-        result = evaluate_loss(t.model, t.val_data, t.seq_len, batch_size=cfg.eval.batch_size,
-                               max_windows=tc.eval_batches * cfg.eval.batch_size, device=t.ctx.device, ctx=t.ctx)
+        budget = dict(batch_size=cfg.eval.batch_size, max_windows=tc.eval_batches * cfg.eval.batch_size,
+                      device=t.ctx.device, ctx=t.ctx)
+        if t.batches is None:
+            result = evaluate_loss(t.model, t.val_data, t.seq_len, **budget)
+        else:
+            result = t.batches.evaluate(t.model, t.seq_len, **budget)
         reshard(t.model)  # FSDP2: a forward without backward leaves the root's parameters gathered
         extra = eval_extra(step, t.model) if eval_extra is not None and t.ctx.is_main else {}
         metrics.log(kind="eval", step=step, val_loss=result["loss"], val_perplexity=result["perplexity"],
@@ -180,9 +208,10 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
 
 
 def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm_loss, init_from=None,
-          trainable: Trainable | None = None, adapt: Adapt | None = None) -> Trainer:
-    """Data, layout, memory plan, model (seeded, or ``init_from``; then ``adapt``), parallel wrapping, batches,
-    optimizer."""
+          trainable: Trainable | None = None, adapt: Adapt | None = None,
+          batches: BatchSource | None = None) -> Trainer:
+    """Data, layout, memory plan, model (seeded, or ``init_from``; then ``adapt``), parallel wrapping, batches
+    (the token shards' windows, or ``batches``), optimizer."""
     tc = cfg.train
     train_data, val_data = TokenShards(run.tokens("train")), TokenShards(run.tokens("val"))
     device = ctx.device
@@ -204,10 +233,12 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
     if micro is not None and device.type == "cuda" and tc.micro_batch_size == "auto" and not layout.sharded:
         micro = probe_micro_batch(lambda m: _probe(model, policy, m, seq_len, device), micro,
                                   [m for m in range(1, micro + 1) if tc.batch_size // layout.dp % m == 0])
-    plan = BatchPlan(train_data.num_windows(seq_len), tc.batch_size, cfg.seed, ctx.dp_rank, ctx.dp_size, micro)
+    source = train_data if batches is None else batches
+    plan = BatchPlan(source.num_windows(seq_len), tc.batch_size, cfg.seed, ctx.dp_rank, ctx.dp_size, micro)
     optimizer = build_optimizer(model, tc)
-    key = resume_key(cfg, dims, seq_len, shards_digest(train_data), None if init_from is None else str(init_from))
-    return Trainer(cfg, ctx, train_data, val_data, seq_len, policy, model, wrapped, plan, optimizer, key, loss_fn)
+    digest = shards_digest(train_data) if batches is None else batches.digest
+    key = resume_key(cfg, dims, seq_len, digest, None if init_from is None else str(init_from))
+    return Trainer(cfg, ctx, source, val_data, seq_len, policy, model, wrapped, plan, optimizer, key, loss_fn, batches)
 
 
 def load_initial_weights(model: Decoder, source: str | Path) -> None:
@@ -308,7 +339,8 @@ def save(run: RunDir, t: Trainer, counters: Counters, loss: float) -> None:
     t.ctx.barrier()
 
 
-def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer, plan: BatchPlan, data: TokenShards,
+def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer, plan: BatchPlan,
+               data: TokenShards | BatchSource,
                step: int, seq_len: int, lr: float, grad_clip: float | None, ctx: DistContext,
                policy: PrecisionPolicy | None = None, loss_fn: LossFn = lm_loss) -> tuple[float, float, bool]:
     """One optimizer update: forward + backward over the micro-batches, clip, step.
@@ -323,7 +355,7 @@ def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer, plan
     micro_batches = plan.micro_batches(step)
     loss_sum = 0.0
     for i, indices in enumerate(micro_batches):
-        batch = torch.from_numpy(data.windows(indices, seq_len)).to(ctx.device)  # (B, T+1)
+        batch = torch.from_numpy(data.windows(indices, seq_len)).to(ctx.device)  # (B, T+1) windows
         last = i == len(micro_batches) - 1
         with gradient_sync(wrapped, last):  # DDP / FSDP2 reduce gradients on the last micro-batch only
             with policy.autocast():

@@ -38,8 +38,16 @@ class FinetuneConfig(StrictModel):
     base: str | None = Field(default=None, description="the model to start from: a checkpoint folder, an exported "
                              "file, a run directory or a Hugging Face folder; default: this run's selected, else "
                              "latest checkpoint")
-    objective: Literal["causal_lm"] = Field(default="causal_lm", description="continued pretraining on the run's "
-                                            "token shards (packed with the base's tokenizer)")
+    objective: Literal["causal_lm", "sft"] = Field(default="causal_lm", description="causal_lm: continued "
+                                                   "pretraining on the run's token shards (packed with the base's "
+                                                   "tokenizer); sft: prompt -> completion records (finetune.data), "
+                                                   "the loss on the completion only")
+    data: str | None = Field(default=None, description="objective sft: a JSONL file of records with a prompt and "
+                             "a completion string field")
+    prompt_field: str = Field(default="prompt", min_length=1)
+    completion_field: str = Field(default="completion", min_length=1)
+    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="objective sft: the seeded share of the "
+                                "records held out for validation (at least one record)")
     mode: Literal["full", "frozen", "lora"] = "full"
     frozen: FrozenSettings = FrozenSettings()
     lora: LoraSettings = LoraSettings()

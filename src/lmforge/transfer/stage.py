@@ -1,6 +1,7 @@
-"""``lmforge finetune``: continue training a base model on the run's token shards, fully, with some
-parameters frozen, or with LoRA adapters, through the training loop's plug points (``init_from``,
-``trainable``, ``adapt``). Everything is written under ``<run>/finetune/``: checkpoints, metrics.jsonl,
+"""``lmforge finetune``: continue training a base model on the run's token shards (objective causal_lm) or on
+prompt -> completion records (objective sft, ``transfer.sft``), fully, with some parameters frozen, or with
+LoRA adapters, through the training loop's plug points (``init_from``, ``trainable``, ``adapt``; sft:
+``loss_fn`` and ``batches``). Everything is written under ``<run>/finetune/``: checkpoints, metrics.jsonl,
 summary.json, and (LoRA) ``adapter/`` in peft's format for the HF export."""
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lmforge.rundir import RunDir
 from lmforge.train.config import sequence_length
 from lmforge.transfer.config import FinetuneConfig
 from lmforge.transfer.lora import add_lora, is_lora_parameter, lora_targets, save_hf_adapter
+from lmforge.transfer.sft import SftBatches, load_sft_data, sft_loss
 
 STAGE = "finetune"
 
@@ -66,6 +68,7 @@ class FinetunePlan:
     lora_targets: list[str]
     trainable_parameters: int
     parameters: int
+    batches: SftBatches | None = None  # objective sft: the records, tokenized and split
 
 
 def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
@@ -144,7 +147,13 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
     dims = checkpoint_dims(base)
     check_base(run, base, dims)
     tcfg = training_config(cfg, fc, dims)
-    sequence_length(tcfg.train, dims.context_length)  # train.seq_len must fit the base's context
+    seq_len = sequence_length(tcfg.train, dims.context_length)  # train.seq_len must fit the base's context
+    batches = None
+    if fc.objective == "sft":
+        batches = load_sft_data(fc, run.tokenizer, seq_len, cfg.seed)
+    elif fc.data is not None:
+        raise FinetuneError("finetune.data is read by objective sft only (finetune.objective=sft); objective "
+                            "causal_lm trains on the run's token shards")
     ft_run = FinetuneRunDir(run)
     latest = ft_run.latest_checkpoint()
     if latest is not None and not (resume or redo):
@@ -162,7 +171,7 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
         trainable = is_lora_parameter
     total = count_parameters(model)
     share = sum(p.numel() for n, p in model.named_parameters() if trainable is None or trainable(n, p))
-    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total)
+    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, batches)
 
 
 def adapter_hook(fc: FinetuneConfig):
@@ -181,12 +190,16 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
     ft_run.stage_summary(STAGE).unlink(missing_ok=True)
     info(f"fine-tuning {plan.base} ({fc.mode}): {plan.trainable_parameters:,} of {plan.parameters:,} parameters "
          f"train ({100 * plan.trainable_parameters / plan.parameters:.2f}%)")
+    sft = {} if plan.batches is None else {"loss_fn": sft_loss, "batches": plan.batches}
     result = train(ft_run, plan.cfg, ctx, resume=resume, init_from=plan.base, trainable=plan.trainable,
-                   adapt=adapter_hook(fc))
+                   adapt=adapter_hook(fc), **sft)
     summary = {"base": str(plan.base), "objective": fc.objective, "mode": fc.mode, **result,
                "trainable_parameters": plan.trainable_parameters,
                "trainable_share": plan.trainable_parameters / plan.parameters,
                "base_val_loss": _first_eval(ft_run), "final_val_loss": _last_eval(ft_run)}
+    if plan.batches is not None:
+        summary |= {"data": str(Path(fc.data).absolute()), "train_records": len(plan.batches.train),
+                    "val_records": len(plan.batches.val)}
     if fc.mode == "lora":
         summary["adapter"] = str(write_adapter(ft_run, plan, fc).relative_to(run.root))
     atomic_write_json(ft_run.stage_summary(STAGE), summary)
