@@ -44,6 +44,9 @@ def write_summary(run: RunDir) -> dict:
     return summary
 
 
+SHOWN = ("acc", "acc_norm", "f1_macro", "exact_match", "prefix_match", "perplexity", "bits_per_byte")  # per task
+
+
 def _fmt(value, spec: str = ",") -> str:
     if value is None:
         return "-"
@@ -63,7 +66,7 @@ def print_summary(summary: dict) -> None:
     table.add_row("val perplexity", f"{_fmt(before.get('perplexity'), ',.2f')} -> {_fmt(after.get('perplexity'), ',.2f')}")
     table.add_row("val bits/byte", f"{_fmt(before.get('bits_per_byte'), '.3f')} -> {_fmt(after.get('bits_per_byte'), '.3f')}")
     for name, metrics in (summary.get("tasks") or {}).items():
-        shown = list(metrics.items())[:2]
+        shown = [(m, metrics[m]) for m in SHOWN if m in metrics][:2]
         table.add_row(name, ", ".join(f"{m} {v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in shown))
     table.add_row("run directory", summary["run_dir"])
     console = Console()
