@@ -218,3 +218,15 @@ def test_too_long_example_and_unknown_select_metric(trained_run, tmp_path):
     assert_error_line(code, err, "error: eval.select.metric: 'nope/acc': no task 'nope' in eval.tasks (tasks: "
                                  "docstring_to_name, which_package; or val_loss)")
     assert snapshot(trained_run) == before
+
+
+def test_bad_compare_target_and_bad_train_eval_task_are_one_line(trained_run, tmp_path):
+    before = snapshot(trained_run)
+    missing = tmp_path / "nowhere"
+    code, _, err = run_cli("eval", "--run-dir", str(trained_run), "--compare", str(missing))
+    assert_error_line(code, err, f"error: checkpoint {missing}: no such checkpoint folder or file "
+                                 "(or give latest, best, selected)")
+    code, _, err = run_cli("train", "--run-dir", str(trained_run), "--resume", "--set", "train.max_steps=30",
+                           "--set", f"train.eval_tasks=[{missing}.yaml]")
+    assert_error_line(code, err, f"error: {missing}.yaml: no such task file")
+    assert snapshot(trained_run) == before

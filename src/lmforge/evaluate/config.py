@@ -12,6 +12,12 @@ BUILTIN = "builtin"  # in eval.tasks: the built-in tasks made from the curated c
 VAL_LOSS = "val_loss"
 
 
+def first_repeat(values) -> object | None:
+    """The smallest value that occurs more than once in ``values``, None if all differ."""
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    return repeated[0] if repeated else None
+
+
 class SelectConfig(StrictModel):
     """``eval.select``: which kept checkpoint the later stages take."""
 
@@ -47,9 +53,9 @@ class EvalConfig(StrictModel):
     @field_validator("tasks")
     @classmethod
     def _distinct(cls, tasks: list[str]) -> list[str]:
-        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
-        if repeated:
-            raise ValueError(f"{repeated[0]!r} is listed twice")
+        repeated = first_repeat(tasks)
+        if repeated is not None:
+            raise ValueError(f"{repeated!r} is listed twice")
         return tasks
 
 

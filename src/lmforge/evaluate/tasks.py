@@ -39,6 +39,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from lmforge.core.config import StrictModel
 from lmforge.errors import DataError
+from lmforge.evaluate.config import first_repeat
 from lmforge.evaluate.task_examples import (ClassificationExample, Example, GenerationExample,  # noqa: F401
                                             MultipleChoiceExample, PerplexityExample, examples_format,
                                             parse_example, read_task_records)
@@ -89,9 +90,9 @@ class TaskSpec(StrictModel):
     @field_validator("labels")
     @classmethod
     def _distinct_labels(cls, labels):
-        repeated = sorted({x for x in labels if labels.count(x) > 1}) if labels else []
-        if repeated:
-            raise ValueError(f"labels repeat {repeated[0]!r}")
+        repeated = first_repeat(labels) if labels else None
+        if repeated is not None:
+            raise ValueError(f"labels repeat {repeated!r}")
         return labels
 
     @field_validator("template")
@@ -110,10 +111,9 @@ class TaskSpec(StrictModel):
         outside = sorted(set(verbalizers) - set(labels))
         if outside:
             raise ValueError(f"{outside[0]!r} is not one of the labels")
-        words = list(verbalizers.values())
-        repeated = sorted({w for w in words if words.count(w) > 1})
-        if repeated:
-            raise ValueError(f"two labels share the word {repeated[0]!r}")
+        repeated = first_repeat(list(verbalizers.values()))
+        if repeated is not None:
+            raise ValueError(f"two labels share the word {repeated!r}")
         return verbalizers
 
     @field_validator("stop")
