@@ -51,6 +51,16 @@ def debug_data_run(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def trained_base(debug_data_run, tmp_path_factory) -> Path:
+    """The debug run trained 10 steps: the base every fine-tuning test starts from (copy it before use)."""
+    root = tmp_path_factory.mktemp("finetune") / "base"
+    shutil.copytree(debug_data_run, root)
+    code, _, err = run_cli("train", "--run-dir", str(root), "--set", "train.max_steps=10")
+    assert code == 0, err
+    return root
+
+
 @pytest.fixture
 def data_run(debug_data_run, tmp_path) -> Path:
     """A private copy of the prepared debug run directory."""

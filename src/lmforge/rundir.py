@@ -97,6 +97,11 @@ class RunDir:
         return self.stage_dir("eval") / "selection.json"
 
     @property
+    def finetuned_model(self) -> Path:
+        """The fine-tuned model (LoRA merged), an exported file: ``--checkpoint finetuned``."""
+        return self.stage_dir("finetune") / "model.safetensors"
+
+    @property
     def samples(self) -> Path:
         return self.stage_dir("sample") / "samples.json"
 

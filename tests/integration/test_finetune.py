@@ -31,14 +31,9 @@ LORA = ["--set", "finetune.mode=lora", "--set", "finetune.lr=1e-2", "--set", "fi
         "--set", "finetune.lora.rank=16", "--set", "finetune.lora.alpha=32"]
 
 
-@pytest.fixture(scope="module")
-def trained(debug_data_run, tmp_path_factory) -> Path:
-    """The debug run trained 10 steps: the base."""
-    root = tmp_path_factory.mktemp("finetune") / "base"
-    shutil.copytree(debug_data_run, root)
-    code, _, err = run_cli("train", "--run-dir", str(root), "--set", "train.max_steps=10")
-    assert code == 0, err
-    return root
+@pytest.fixture
+def trained(trained_base) -> Path:
+    return trained_base
 
 
 def copy_of(trained: Path, tmp_path: Path) -> Path:
@@ -137,9 +132,9 @@ def test_a_base_of_another_vocabulary_is_one_line_and_writes_nothing(trained, tm
     root = copy_of(trained, tmp_path)
     before = snapshot(root)
     code, _, err = run_cli("finetune", "--run-dir", str(root), "--base", str(other))
-    assert_error_line(code, err, f"error: finetune.base {other.absolute()}: a model of vocabulary 97, but {root}'s "
-                                 "token shards were packed with a tokenizer of 512 tokens (fine-tuning uses the base's "
-                                 "tokenizer: pack the data with it)")
+    assert_error_line(code, err, f"error: finetune.base {other.absolute()}: a model of vocabulary 97, but its "
+                                 f"tokenizer {(tmp_path / 'other' / 'tokenizer' / 'tokenizer.json').absolute()} has "
+                                 "257 tokens")
     assert snapshot(root) == before
 
 
@@ -196,7 +191,7 @@ def test_sft_lowers_the_completion_loss_and_resumes_bit_identically(trained, tmp
     (None, "error: finetune.objective=sft needs finetune.data: a JSONL file of records with 'prompt' and "
            "'completion' string fields"),
     (["causal_lm"], "error: finetune.data is read by objective sft only (finetune.objective=sft); objective causal_lm "
-                    "trains on the run's token shards"),
+                    "trains on token shards (the run's, or finetune.sources')"),
 ])
 def test_bad_sft_records_are_one_line_and_write_nothing(trained, tmp_path, lines, line):
     root = copy_of(trained, tmp_path)

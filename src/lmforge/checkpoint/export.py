@@ -43,22 +43,29 @@ def check_output(output: Path, fmt: str = "safetensors") -> None:
 
 def export_checkpoint(checkpoint: Path, output: Path) -> dict:
     """Consolidate ``checkpoint`` into ``output``; returns what was written."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     from lmforge.checkpoint.load import consolidated_weights
-    from lmforge.core.atomic import atomic_write_with
-    from lmforge.errors import LmforgeError
 
     check_output(output)
     weights, state = consolidated_weights(checkpoint)
-    metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(state["resume_key"]["model"]),
-                "lmforge.step": str(state["step"]), "lmforge.source_format": state.get("format", "safetensors")}
-    if "seq_len" in state["resume_key"]:  # what the model was trained with (evaluation scores at it)
-        metadata["lmforge.seq_len"] = str(state["resume_key"]["seq_len"])
+    write_exported(output, weights, state["resume_key"]["model"], state["step"], state["resume_key"].get("seq_len"),
+                   state.get("format", "safetensors"))
+    return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
+            "step": state["step"], "source_format": state.get("format", "safetensors")}
+
+
+def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len: int | None, source_format: str) -> None:
+    """One safetensors file of canonical ``weights`` with the metadata every stage's loader reads, atomically."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    from lmforge.core.atomic import atomic_write_with
+    from lmforge.errors import LmforgeError
+
+    metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(model),
+                "lmforge.step": str(step), "lmforge.source_format": source_format}
+    if seq_len is not None:  # what the model was trained with (evaluation scores at it)
+        metadata["lmforge.seq_len"] = str(seq_len)
     try:
         atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
         raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc
-    return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
-            "step": state["step"], "source_format": metadata["lmforge.source_format"]}

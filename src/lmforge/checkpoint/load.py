@@ -19,17 +19,17 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state, restore_rng
-from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder, load_hf_tokenizer
+from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
-from lmforge.data.tokenizer import load_tokenizer
+from lmforge.data.tokenizer import model_tokenizer
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelDims
 from lmforge.model.decoder import Decoder
 from lmforge.model.fused_layout import model_views
 from lmforge.rundir import RunDir
 
-CHOICES = ("latest", "best", "selected")
+CHOICES = ("latest", "best", "selected", "finetuned")
 
 
 @dataclasses.dataclass
@@ -41,11 +41,9 @@ class LoadedModel:
 
     @property
     def tokenizer(self):
-        """The model's ``tokenizers.Tokenizer`` (read when asked for): an HF folder's own, else the run's; None
-        outside a run directory."""
-        if self.tokenizer_path is None:
-            return None
-        return load_hf_tokenizer(self.tokenizer_path) if self.state.get("format") == "hf" else load_tokenizer(self.tokenizer_path)
+        """The model's ``tokenizers.Tokenizer`` (read when asked for): an HF folder's own, else the run's (or a
+        fine-tune's of another base's); None outside a run directory."""
+        return None if self.tokenizer_path is None else model_tokenizer(self.tokenizer_path)
 
     @property
     def step(self) -> int:
@@ -59,7 +57,8 @@ class LoadedModel:
 
 def pick(run: RunDir, choice: str | Path | None = None) -> Path:
     """The checkpoint ``choice`` names: ``selected`` (the one ``eval.select`` chose), ``latest``, ``best``
-    (the lowest validation loss logged at a kept checkpoint's step), or a path (a run directory, a checkpoint
+    (the lowest validation loss logged at a kept checkpoint's step), ``finetuned`` (``lmforge finetune``'s
+    model, LoRA merged), or a path (a run directory, a checkpoint
     folder, an exported file, a Hugging Face model folder). None: the selected checkpoint when the eval stage chose one, else the latest."""
     if choice is None:
         return selected_checkpoint(run) or _latest(run)
@@ -67,6 +66,10 @@ def pick(run: RunDir, choice: str | Path | None = None) -> Path:
         return _latest(run)
     if str(choice) == "best":
         return _best(run)
+    if str(choice) == "finetuned":
+        if not run.finetuned_model.is_file():
+            raise CheckpointError(f"{run.finetuned_model}: no fine-tuned model; run lmforge finetune first")
+        return run.finetuned_model
     if str(choice) == "selected":
         chosen = selected_checkpoint(run)
         if chosen is None:
@@ -168,12 +171,16 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         dims = hf_dims(path)
         model = _decoder_with(path, dims, hf_weights(path, dims))
         state = {"step": 0, "format": "hf", "resume_key": {"model": dims.to_dict(), "seq_len": dims.context_length}}
-        return LoadedModel(model.to(device).eval(), state, path, hf_tokenizer_path(path))
+        return LoadedModel(model.to(device).eval(), state, path, model_tokenizer_path(path))
     else:
         state = read_state(path, verify=True)
+        if state.get("resume_key", {}).get("finetune", {}).get("mode") == "lora":
+            raise CheckpointError(f"checkpoint {path}: a LoRA fine-tuning checkpoint (adapters beside the base's "
+                                  "weights); load the fine-tuned model, LoRA merged: finetuned (its run's "
+                                  "finetune/model.safetensors)")
         model = Decoder(model_dims(path, state))
         load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
-    return LoadedModel(model.to(device).eval(), state, path, _run_tokenizer(path))
+    return LoadedModel(model.to(device).eval(), state, path, model_tokenizer_path(path))
 
 
 def _load_exported(path: Path) -> tuple[Decoder, dict]:
@@ -220,8 +227,13 @@ def _exported_metadata(path: Path) -> tuple[dict, ModelDims]:
                               "(lmforge.model); not written by lmforge export") from None
 
 
-def _run_tokenizer(path: Path) -> Path | None:
-    """The tokenizer of the run directory the checkpoint lies in (the nearest folder above that has one)."""
+def model_tokenizer_path(path: Path) -> Path | None:
+    """The tokenizer a model reads: an HF folder's own, else that of the run directory the checkpoint lies in
+    (the nearest folder above with a ``tokenizer/tokenizer.json``: a fine-tune of another base keeps that
+    base's there); None when there is none."""
+    path = Path(path)
+    if is_hf_folder(path):
+        return hf_tokenizer_path(path)
     for folder in path.absolute().parents:
         tokenizer = RunDir(folder).tokenizer
         if tokenizer.exists():

@@ -17,7 +17,7 @@ import numpy as np
 from lmforge.core.atomic import atomic_dir
 from lmforge.core.progress import track
 from lmforge.data.config import PackConfig
-from lmforge.data.tokenizer import EOS_TOKEN, load_tokenizer
+from lmforge.data.tokenizer import end_of_text_id, read_tokenizer
 from lmforge.errors import DataError
 
 INDEX = "index.json"
@@ -29,11 +29,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def pack_tokens(tokenizer_path: Path, docs_jsonl: Path, out_dir: Path, cfg: PackConfig) -> dict:
     """Encode every document of ``docs_jsonl`` and write ``out_dir``; return its index."""
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = read_tokenizer(tokenizer_path)  # lmforge's, or a base model's own (fine-tuning)
     docs_jsonl = Path(docs_jsonl)
     if not docs_jsonl.is_file():
         raise DataError(f"documents to pack not found: {docs_jsonl}")
-    eos_id, vocab_size = tokenizer.token_to_id(EOS_TOKEN), tokenizer.get_vocab_size()
+    eos_id, vocab_size = end_of_text_id(tokenizer_path, tokenizer), tokenizer.get_vocab_size()
+    if eos_id is None:
+        raise DataError(f"{tokenizer_path}: the tokenizer names no end-of-text token to end documents with")
     dtype = token_dtype(vocab_size)
     encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # no offsets: faster
     num_documents = num_bytes = 0

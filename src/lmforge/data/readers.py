@@ -28,11 +28,12 @@ def source_name(source: SourceConfig) -> str:
     return source.kind if source.path is None else f"{source.kind}:{source.path}"
 
 
-def resolve_files(index: int, source: SourceConfig) -> tuple[Path, list[Path]]:
-    """(root that document ids are relative to, sorted files) of ``data.sources[index]``."""
+def resolve_files(index: int, source: SourceConfig, section: str = "data.sources") -> tuple[Path, list[Path]]:
+    """(root that document ids are relative to, sorted files) of ``data.sources[index]`` (errors name
+    ``section``: ``finetune.sources`` reads its sources the same way)."""
     if source.kind == "python-stdlib":
         return stdlib_files()
-    return _resolve_files(f"data.sources[{index}].path", source.path, source.pattern)
+    return _resolve_files(f"{section}[{index}].path", source.path, source.pattern)
 
 
 def read_files(source: SourceConfig, root: Path, files: list[Path], counters: SourceStats) -> Iterator[Document]:

@@ -50,19 +50,80 @@ def train_tokenizer(cfg: TokenizerConfig, train_jsonl: Path, out_path: Path) -> 
     return tokenizer
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
+def read_tokenizer(path: Path) -> Tokenizer:
+    """Any ``tokenizer.json``: lmforge's, or a Hugging Face folder's with its own special tokens."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"tokenizer file not found: {path}")
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as e:  # the library raises plain Exception for any parse error
-        raise DataError(f"{path}: not a valid tokenizer file: {e}") from None
-    if tokenizer.token_to_id(EOS_TOKEN) is None:
-        raise DataError(f"{path}: tokenizer has no {EOS_TOKEN} token")
+        raise DataError(f"{path}: not a valid tokenizer file: {str(e).splitlines()[0]}") from None
     # not saved in tokenizer.json: a literal "<|endoftext|>" in text is text, never the EOS token
     tokenizer.encode_special_tokens = True
     return tokenizer
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """lmforge's own tokenizer (``<|endoftext|>`` required)."""
+    tokenizer = read_tokenizer(path)
+    if tokenizer.token_to_id(EOS_TOKEN) is None:
+        raise DataError(f"{path}: tokenizer has no {EOS_TOKEN} token")
+    return tokenizer
+
+
+def end_of_text_id(path: Path, tokenizer: Tokenizer) -> int | None:
+    """The id that ends a document for the tokenizer saved at ``path``: lmforge's ``<|endoftext|>``, else the
+    ``eos_token`` of the ``tokenizer_config.json`` beside it, else the ``eos_token_id`` of a ``config.json``
+    there (a Hugging Face folder); None when nothing names one."""
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    if eos is not None:
+        return eos
+    folder = Path(path).parent
+    token = _json_key(folder / "tokenizer_config.json", "eos_token")
+    if isinstance(token, dict):  # {"content": "</s>", ...}
+        token = token.get("content")
+    if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+        return tokenizer.token_to_id(token)
+    for name in ("generation_config.json", "config.json"):
+        ids = _json_key(folder / name, "eos_token_id")
+        ids = ids[0] if isinstance(ids, list) and ids else ids
+        if isinstance(ids, int) and 0 <= ids < tokenizer.get_vocab_size(with_added_tokens=True):
+            return ids
+    return None
+
+
+class ForeignTokenizer:
+    """Another model's ``tokenizers.Tokenizer`` (a Hugging Face folder's) with the end-of-text id that model
+    uses (``</s>``, ...), where lmforge's code looks for ``<|endoftext|>``: ``eos_id``. Everything else is the
+    wrapped tokenizer's."""
+
+    def __init__(self, tokenizer: Tokenizer, eos_id: int | None):
+        self._tokenizer, self.eos_id = tokenizer, eos_id
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+
+def model_tokenizer(path: Path) -> Tokenizer | ForeignTokenizer:
+    """The tokenizer saved at ``path`` as a model reads it: lmforge's as it is, another's with its ``eos_id``."""
+    tokenizer = read_tokenizer(path)
+    if tokenizer.token_to_id(EOS_TOKEN) is not None:
+        return tokenizer
+    return ForeignTokenizer(tokenizer, end_of_text_id(path, tokenizer))
+
+
+def eos_id_of(tokenizer) -> int | None:
+    """The end-of-text id of a tokenizer from ``model_tokenizer`` (or ``load_tokenizer``)."""
+    return tokenizer.eos_id if isinstance(tokenizer, ForeignTokenizer) else tokenizer.token_to_id(EOS_TOKEN)
+
+
+def _json_key(path: Path, key: str):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
 
 
 def _batched_texts(path: Path, max_bytes: int | None, on_line, batch: int = 1000) -> Iterator[list[str]]:
@@ -86,3 +147,10 @@ def _batched_texts(path: Path, max_bytes: int | None, on_line, batch: int = 1000
                 break
     if texts:
         yield texts
+
+
+def tokenizer_digest(path: Path | None) -> str | None:
+    """The SHA-256 of a tokenizer file (two models read the same tokens when theirs are equal); None: no file."""
+    import hashlib
+
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()

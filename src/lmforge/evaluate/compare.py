@@ -4,12 +4,11 @@ test for the accuracies."""
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from lmforge.checkpoint.load import LoadedModel, load_model, pick
 from lmforge.core.progress import info
+from lmforge.data.tokenizer import tokenizer_digest
 from lmforge.evaluate import task_metrics as tm
 from lmforge.evaluate.config import VAL_LOSS
 from lmforge.evaluate.task_eval import EvalSettings, ScoredTask, check_task, score_task
@@ -17,10 +16,6 @@ from lmforge.rundir import RunDir
 from lmforge.train.validation import window_losses
 
 ACCURACIES = {"acc": "pred", "acc_norm": "pred_norm"}
-
-
-def _digest(path) -> str | None:
-    return None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def other_model(run: RunDir, other: str, device: torch.device | str = "cpu") -> LoadedModel:
@@ -33,7 +28,7 @@ def compare_models(run: RunDir, mine: LoadedModel, other: str, scored: dict[str,
                    tokenizer, val, windows: int | None, settings: EvalSettings, device: torch.device) -> dict:
     theirs = other_model(run, other, device)
     their_tokenizer = theirs.tokenizer or tokenizer  # an exported file carries no tokenizer: this run's
-    same_tokens = theirs.tokenizer_path is None or _digest(theirs.tokenizer_path) == _digest(run.tokenizer)
+    same_tokens = theirs.tokenizer_path is None or tokenizer_digest(theirs.tokenizer_path) == tokenizer_digest(run.tokenizer)
     out = {"other": str(theirs.path), "other_step": theirs.step, "confidence": settings.confidence,
            "resamples": settings.resamples, "tasks": {}, "skipped": []}
     kw = dict(resamples=settings.resamples, confidence=settings.confidence, seed=settings.seed)

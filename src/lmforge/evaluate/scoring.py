@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 from tokenizers import Tokenizer
 
-from lmforge.data.tokenizer import EOS_ID, EOS_TOKEN
+from lmforge.data.tokenizer import EOS_ID, eos_id_of
 from lmforge.errors import LmforgeError
 from lmforge.model.decoder import Decoder
 from lmforge.model.generate import generate
@@ -66,7 +66,7 @@ def encode_pair(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
     if context == "":
-        return [_eos_id(tokenizer)], _encode(tokenizer, continuation)
+        return [end_of_text(tokenizer)], _encode(tokenizer, continuation)
     whole = _encode(tokenizer, context + continuation)
     context_ids = _encode(tokenizer, context)
     return context_ids, whole[len(context_ids):]
@@ -274,7 +274,7 @@ def greedy_continuations(model: Decoder, tokenizer: Tokenizer, prompts: Sequence
     if max_new_tokens >= context_length:
         raise LmforgeError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in the context length "
                            f"{context_length}")
-    eos = _eos_id(tokenizer)
+    eos = end_of_text(tokenizer)
     texts = []
     for prompt in prompts:
         prompt_ids = _encode(tokenizer, prompt) or [eos]
@@ -290,6 +290,7 @@ def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def _eos_id(tokenizer: Tokenizer) -> int:
-    eos = tokenizer.token_to_id(EOS_TOKEN)
+def end_of_text(tokenizer: Tokenizer) -> int:
+    """The id a scored text follows and generation stops at: the tokenizer's end-of-text."""
+    eos = eos_id_of(tokenizer)
     return EOS_ID if eos is None else eos

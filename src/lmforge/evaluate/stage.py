@@ -6,15 +6,17 @@ and reports the paired differences. Both stages load models through ``checkpoint
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, pick
+from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, model_tokenizer_path, pick
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.progress import info, track
-from lmforge.data.packing import TokenShards
-from lmforge.data.tokenizer import EOS_TOKEN, load_tokenizer
+from lmforge.data.packing import INDEX, TokenShards, pack_tokens
+from lmforge.data.tokenizer import eos_id_of, load_tokenizer, model_tokenizer, tokenizer_digest
+from lmforge.errors import CheckpointError
 from lmforge.evaluate import task_metrics as tm
 from lmforge.evaluate.compare import compare_models
 from lmforge.evaluate.config import BUILTIN, VAL_LOSS
@@ -31,12 +33,38 @@ from lmforge.train.validation import window_losses
 
 
 def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_size: int):
-    """The checkpoint ``checkpoint`` names (``pick``), refused unless it holds this run's model: the recipe's
-    dimensions over the run's vocabulary (a checkpoint of another model, e.g. from another run directory,
-    does not fit). Reads only its state, so commands check it before anything is written."""
+    """The checkpoint ``checkpoint`` names (``pick``). One that reads this run's tokens must hold this run's
+    model: the recipe's dimensions over the run's vocabulary. A model with a tokenizer of its own (a Hugging
+    Face folder, a fine-tune of one) is scored with that tokenizer, which must fit its embeddings and name an
+    end-of-text token. Reads no tensor, so commands check it before anything is written."""
     path = pick(run, checkpoint)
-    check_fits(path, checkpoint_dims(path), cfg.model.dims(vocab_size), run.root)
+    dims = checkpoint_dims(path)
+    theirs = own_tokenizer(run, path)
+    if theirs is None:
+        check_fits(path, dims, cfg.model.dims(vocab_size), run.root)
+        return path
+    tokenizer = model_tokenizer(theirs)
+    if tokenizer.get_vocab_size() > dims.vocab_size or eos_id_of(tokenizer) is None:
+        raise CheckpointError(f"checkpoint {path}: its tokenizer {theirs} does not fit it ({tokenizer.get_vocab_size()} "
+                              f"tokens for {dims.vocab_size} embeddings, end-of-text id {eos_id_of(tokenizer)})")
     return path
+
+
+def own_tokenizer(run: RunDir, path: Path) -> Path | None:
+    """The tokenizer of the model at ``path`` when it is not the run's (None: it reads the run's tokens)."""
+    theirs = model_tokenizer_path(path)
+    return None if theirs is None or tokenizer_digest(theirs) == tokenizer_digest(run.tokenizer) else theirs
+
+
+def validation_tokens(run: RunDir, cfg: RunConfig, tokenizer: Path | None) -> TokenShards:
+    """The run's validation shards, or for a model of another tokenizer the run's validation documents packed
+    with it (``eval/tokens/<its digest>/``, reused)."""
+    if tokenizer is None:
+        return TokenShards(run.tokens("val"))
+    folder = run.stage_dir("eval") / "tokens" / tokenizer_digest(tokenizer)[:16]
+    if not (folder / INDEX).is_file():
+        pack_tokens(tokenizer, run.val_docs, folder, cfg.pack)
+    return TokenShards(folder)
 
 
 def check_eval(run: RunDir, cfg: RunConfig) -> list:
@@ -71,9 +99,12 @@ def stage_eval(run: RunDir, cfg: RunConfig, device: torch.device, checkpoint: st
     user_tasks = check_eval(run, cfg) if user_tasks is None else user_tasks
     settings = EvalSettings.of(cfg.eval)
     eval_dir = run.stage_dir("eval")
-    val = TokenShards(run.tokens("val"))
-    tokenizer = load_tokenizer(run.tokenizer)
-    context_length = cfg.model.dims(val.vocab_size).context_length
+    theirs = None if checkpoint is None else own_tokenizer(run, pick(run, checkpoint))
+    val = validation_tokens(run, cfg, theirs)
+    if theirs is None:
+        tokenizer, context_length = load_tokenizer(run.tokenizer), cfg.model.dims(val.vocab_size).context_length
+    else:  # another model's tokenizer and context
+        tokenizer, context_length = model_tokenizer(theirs), checkpoint_dims(pick(run, checkpoint)).context_length
     tasks, skipped = list(user_tasks), []
     if BUILTIN in cfg.eval.tasks:
         made, skipped = builtin_tasks(run, eval_dir / "tasks", cfg.seed, cfg.eval.builtin_examples, tokenizer,
@@ -162,14 +193,17 @@ def stage_summary(results: dict, selection: dict | None, comparison: dict | None
 
 def sample_texts(run: RunDir, cfg: RunConfig, device: torch.device, *, prompt: str, checkpoint: str | None = None,
                  use_cache: bool = True) -> list[dict]:
-    tokenizer = load_tokenizer(run.tokenizer)
-    loaded = load_model(checkpoint_for(run, cfg, checkpoint, tokenizer.get_vocab_size()), device)
+    """Samples of ``prompt`` with the model ``checkpoint`` names, in its own tokenizer (the run's, or one a
+    Hugging Face model brings)."""
+    path = checkpoint_for(run, cfg, checkpoint, load_tokenizer(run.tokenizer).get_vocab_size())
+    loaded = load_model(path, device)
+    tokenizer = load_tokenizer(run.tokenizer) if own_tokenizer(run, path) is None else loaded.tokenizer
     g = cfg.generate
     prompt_ids = tokenizer.encode(prompt).ids
     samples = []
     for i in range(g.num_samples):
         new_ids = generate(loaded.model, prompt_ids, g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                           top_p=g.top_p, eos_id=tokenizer.token_to_id(EOS_TOKEN), seed=g.seed + i,
+                           top_p=g.top_p, eos_id=eos_id_of(tokenizer), seed=g.seed + i,
                            use_cache=use_cache)
         samples.append({"prompt": prompt, "completion": tokenizer.decode(new_ids), "tokens": len(new_ids)})
     return samples

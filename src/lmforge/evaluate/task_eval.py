@@ -28,7 +28,8 @@ from lmforge.errors import DataError
 from lmforge.evaluate import task_metrics as tm
 from lmforge.evaluate.calibration import expected_calibration_error, fit_temperature, reliability_bins, softmax
 from lmforge.evaluate.metrics import confusion_matrix
-from lmforge.evaluate.scoring import encode_pair, greedy_continuations, rolling_loglikelihood, score_token_pairs
+from lmforge.evaluate.scoring import (encode_pair, end_of_text, greedy_continuations, rolling_loglikelihood,
+                                      score_token_pairs)
 from lmforge.evaluate.tasks import Task
 from lmforge.model.decoder import Decoder
 
@@ -185,7 +186,7 @@ def score_task(model: Decoder, tokenizer: Tokenizer, task: Task, settings: EvalS
         if not ids:
             raise DataError(f"{task.where(i)}: example {ex.id!r}: the text encodes to no tokens")
         s = rolling_loglikelihood(model, ids, device=device, stride=min(stride, context_length),
-                                  batch_size=settings.batch_size)
+                                  batch_size=settings.batch_size, prefix_id=end_of_text(tokenizer))
         logprob.append(s.logprob)
         tokens.append(s.n_tokens)
         n_bytes.append(len(ex.text.encode("utf-8")))

@@ -62,6 +62,8 @@ class ModelConfig(StrictModel):
     n_kv_heads: int | None = Field(default=None, ge=1)
     ffn_hidden: int | None = Field(default=None, ge=1)
     context_length: int | None = Field(default=None, ge=2)
+    # embedding rows; default: the tokenizer's size (a model imported with a padded vocabulary has more rows)
+    vocab_size: int | None = Field(default=None, ge=2)
     rope_theta: float = Field(default=10000.0, gt=0)
     norm_eps: float = Field(default=1e-5, gt=0)
     tie_embeddings: bool = True
@@ -89,8 +91,14 @@ class ModelConfig(StrictModel):
         return self
 
     def dims(self, vocab_size: int) -> ModelDims:
+        """The decoder over a tokenizer of ``vocab_size`` tokens (``model.vocab_size`` rows, when set)."""
+        if self.vocab_size is not None and self.vocab_size < vocab_size:
+            from lmforge.errors import RecipeError
+
+            raise RecipeError(f"model.vocab_size: {self.vocab_size} embedding rows cannot hold the tokenizer's "
+                              f"{vocab_size} tokens")
         return ModelDims(
-            vocab_size=vocab_size,
+            vocab_size=vocab_size if self.vocab_size is None else self.vocab_size,
             rope_theta=self.rope_theta,
             norm_eps=self.norm_eps,
             tie_embeddings=self.tie_embeddings,

@@ -120,23 +120,25 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
           on_eval: Callable[[int, dict], None] | None = None, loss_fn: LossFn = lm_loss,
           eval_extra: Callable[[int, nn.Module], dict] | None = None,
           init_from: str | Path | None = None, trainable: Trainable | None = None, adapt: Adapt | None = None,
-          batches: BatchSource | None = None) -> dict:
-    """Train to ``train.max_steps``; returns a summary. ``on_eval(step, result)`` is called after every
+          batches: BatchSource | None = None, variant: dict | None = None) -> dict:
+    """Train to ``train.max_steps``; returns a summary. ``variant`` describes what the plug points change
+    (fine-tuning's mode and adapters): it joins the resume key, so a checkpoint resumes only under the same. ``on_eval(step, result)`` is called after every
     validation (hyperparameter search uses it to prune a trial by raising); ``eval_extra(step, model)`` runs
     before it in the main process and its figures join the validation record (``train.eval_tasks``). Memory
     is released after."""
     try:
         return _train(run, cfg, ctx, resume=resume, on_eval=on_eval, eval_extra=eval_extra, loss_fn=loss_fn,
-                      init_from=init_from, trainable=trainable, adapt=adapt, batches=batches)
+                      init_from=init_from, trainable=trainable, adapt=adapt, batches=batches, variant=variant)
     finally:
         release_memory()
 
 
 def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_eval, eval_extra, loss_fn: LossFn,
            init_from, trainable: Trainable | None, adapt: Adapt | None = None,
-           batches: BatchSource | None = None) -> dict:
+           batches: BatchSource | None = None, variant: dict | None = None) -> dict:
     tc = cfg.train
-    t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable, adapt=adapt, batches=batches)
+    t = setup(run, cfg, ctx, loss_fn=loss_fn, init_from=init_from, trainable=trainable, adapt=adapt, batches=batches,
+              variant=variant)
     counters = restore(run, t, resume)
     start = counters.step
     if start >= tc.max_steps:
@@ -209,7 +211,7 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
 
 def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm_loss, init_from=None,
           trainable: Trainable | None = None, adapt: Adapt | None = None,
-          batches: BatchSource | None = None) -> Trainer:
+          batches: BatchSource | None = None, variant: dict | None = None) -> Trainer:
     """Data, layout, memory plan, model (seeded, or ``init_from``; then ``adapt``), parallel wrapping, batches
     (the token shards' windows, or ``batches``), optimizer."""
     tc = cfg.train
@@ -237,7 +239,7 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
     plan = BatchPlan(source.num_windows(seq_len), tc.batch_size, cfg.seed, ctx.dp_rank, ctx.dp_size, micro)
     optimizer = build_optimizer(model, tc)
     digest = shards_digest(train_data) if batches is None else batches.digest
-    key = resume_key(cfg, dims, seq_len, digest, None if init_from is None else str(init_from))
+    key = resume_key(cfg, dims, seq_len, digest, None if init_from is None else str(init_from)) | (variant or {})
     return Trainer(cfg, ctx, source, val_data, seq_len, policy, model, wrapped, plan, optimizer, key, loss_fn, batches)
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from lmforge.core.config import StrictModel
+from lmforge.data.config import SourceConfig
 
 FUSED_AND_OUTPUT_PROJECTIONS = ["qkv_proj", "out_proj", "gate_up_proj", "down_proj"]
 
@@ -44,6 +45,10 @@ class FinetuneConfig(StrictModel):
                                                    "the loss on the completion only")
     data: str | None = Field(default=None, description="objective sft: a JSONL file of records with a prompt and "
                              "a completion string field")
+    sources: list[SourceConfig] | None = Field(default=None, min_length=1, description="objective causal_lm: new "
+                                               "data (data.sources' shape) curated with data:'s steps and packed "
+                                               "with the base's tokenizer under finetune/; default: the run's "
+                                               "curated data")
     prompt_field: str = Field(default="prompt", min_length=1)
     completion_field: str = Field(default="completion", min_length=1)
     val_fraction: float = Field(default=0.1, gt=0, lt=1, description="objective sft: the seeded share of the "

@@ -82,6 +82,12 @@ def merge_lora(model: nn.Module) -> None:
             module.merge(adapter_names=[ADAPTER])
 
 
+def unwrapped_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A merged LoRA-wrapped decoder's weights under the plain decoder's names (adapters left out)."""
+    return {name.replace(".base_layer.", "."): value for name, value in model.state_dict().items()
+            if not is_lora_parameter(name)}
+
+
 def hf_adapter_tensors(model: nn.Module, dims: ModelDims) -> dict[str, torch.Tensor]:
     """The adapter tensors of a LoRA-wrapped decoder under the names peft saves for the HF export
     (``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``), fused layers split by rows."""

@@ -1,6 +1,6 @@
 """``finetune.objective: sft``: supervised prompt -> completion fine-tuning on a JSONL file of records.
 
-Each record is tokenized with the run's tokenizer (the base's: ``check_base`` holds them to be the same) as
+Each record is tokenized with the base's tokenizer (the run's, or the one a base of another tokenizer brings) as
 ``encode(prompt) + encode(completion) + end-of-text``; the loss is on the completion's tokens and the
 end-of-text only (the prompt's positions have the target ``IGNORE_INDEX``, which the decoder's loss leaves
 out). A seeded share of the records is held out for validation. ``SftBatches`` is the training loop's
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lmforge.data.tokenizer import EOS_TOKEN, load_tokenizer
+from lmforge.data.tokenizer import read_tokenizer
 from lmforge.distributed.context import DistContext
 from lmforge.distributed.parallelize import scalar
 from lmforge.errors import DataError, FinetuneError
@@ -66,8 +66,7 @@ def read_sft_records(path: Path, prompt_field: str, completion_field: str) -> li
     return records
 
 
-def encode_records(records: list[tuple[str, str, str]], tokenizer, seq_len: int) -> list[SftExample]:
-    eos = tokenizer.token_to_id(EOS_TOKEN)
+def encode_records(records: list[tuple[str, str, str]], tokenizer, eos: int, seq_len: int) -> list[SftExample]:
     examples = []
     for where, prompt, completion in records:
         p = tokenizer.encode(prompt, add_special_tokens=False).ids
@@ -157,12 +156,13 @@ class SftBatches:
                 "bits_per_byte": loss * tokens / math.log(2) / max(1.0, num_bytes), "tokens": int(tokens)}
 
 
-def load_sft_data(fc, tokenizer_path: Path, seq_len: int, seed: int) -> SftBatches:
-    """``finetune.data`` read, tokenized with the run's tokenizer and split; every refusal before any write."""
+def load_sft_data(fc, tokenizer_path: Path, eos_id: int, seq_len: int, seed: int) -> SftBatches:
+    """``finetune.data`` read, tokenized with the base's tokenizer (ending each record with ``eos_id``) and
+    split; every refusal before any write."""
     if fc.data is None:
         raise FinetuneError("finetune.objective=sft needs finetune.data: a JSONL file of records with "
                             f"{fc.prompt_field!r} and {fc.completion_field!r} string fields")
     records = read_sft_records(Path(fc.data), fc.prompt_field, fc.completion_field)
-    tokenizer = load_tokenizer(tokenizer_path)
-    train, val = split_examples(encode_records(records, tokenizer, seq_len), fc.val_fraction, seed)
-    return SftBatches(train, val, tokenizer.token_to_id(EOS_TOKEN))
+    tokenizer = read_tokenizer(tokenizer_path)
+    train, val = split_examples(encode_records(records, tokenizer, eos_id, seq_len), fc.val_fraction, seed)
+    return SftBatches(train, val, eos_id)

@@ -12,37 +12,42 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.load import checkpoint_dims, load_checkpoint, load_model, pick
+from lmforge.checkpoint.load import checkpoint_dims, load_checkpoint, model_tokenizer_path, pick
+from lmforge.checkpoint.export import write_exported
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info
 from lmforge.data.packing import TokenShards
-from lmforge.data.tokenizer import load_tokenizer
+from lmforge.data.tokenizer import read_tokenizer
 from lmforge.errors import FinetuneError
 from lmforge.model.config import ModelConfig, ModelDims
 from lmforge.model.decoder import Decoder, count_parameters
+from lmforge.model.fused_layout import model_views
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 from lmforge.train.config import sequence_length
 from lmforge.transfer.config import FinetuneConfig
-from lmforge.transfer.lora import add_lora, is_lora_parameter, lora_targets, save_hf_adapter
+from lmforge.transfer.data import FinetuneData, plan_data, prepare_data
+from lmforge.transfer.lora import add_lora, is_lora_parameter, lora_targets, merge_lora, save_hf_adapter, unwrapped_state
 from lmforge.transfer.sft import SftBatches, load_sft_data, sft_loss
 
 STAGE = "finetune"
 
 
 class FinetuneRunDir(RunDir):
-    """The run directory as the training loop sees it while fine-tuning: the run's tokenizer and token
-    shards, with checkpoints and metrics under ``<run>/finetune/``."""
+    """The run directory as the training loop sees it while fine-tuning: the base's tokenizer, the run's
+    token shards or fine-tuning's own (``transfer.data``), with checkpoints and metrics under ``<run>/finetune/``."""
 
-    def __init__(self, run: RunDir):
+    def __init__(self, run: RunDir, data: FinetuneData | None = None):
         super().__init__(run.root)
-        self.run = run
+        self.run, self.data = run, data
 
     @property
     def tokenizer(self) -> Path:
-        return self.run.tokenizer
+        return self.run.tokenizer if self.data is None else self.data.tokenizer
 
     def tokens(self, split: str) -> Path:
+        if self.data is not None and self.data.own_tokens:
+            return self.stage_dir(STAGE) / "tokens" / split
         return self.run.tokens(split)
 
     @property
@@ -57,6 +62,10 @@ class FinetuneRunDir(RunDir):
     def adapter(self) -> Path:
         return self.stage_dir(STAGE) / "adapter"
 
+    @property
+    def model_file(self) -> Path:
+        return self.run.finetuned_model
+
 
 @dataclasses.dataclass
 class FinetunePlan:
@@ -68,6 +77,7 @@ class FinetunePlan:
     lora_targets: list[str]
     trainable_parameters: int
     parameters: int
+    data: FinetuneData
     batches: SftBatches | None = None  # objective sft: the records, tokenized and split
 
 
@@ -77,7 +87,7 @@ def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
 
 def model_config(dims: ModelDims, like: ModelConfig) -> ModelConfig:
     """The recipe's ``model:`` section that describes ``dims`` (training-only settings from ``like``)."""
-    return ModelConfig(size="debug", d_model=dims.d_model, n_layers=dims.n_layers, n_heads=dims.n_heads,
+    return ModelConfig(size="debug", vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers, n_heads=dims.n_heads,
                        n_kv_heads=dims.n_kv_heads, ffn_hidden=dims.ffn_hidden, context_length=dims.context_length,
                        rope_theta=dims.rope_theta, norm_eps=dims.norm_eps, tie_embeddings=dims.tie_embeddings,
                        dropout=like.dropout, init_std=like.init_std)
@@ -115,46 +125,44 @@ def frozen_names(model: torch.nn.Module, fc: FinetuneConfig) -> set[str]:
     return frozen
 
 
-def _base_tokenizer_vocab(run: RunDir, base: Path) -> dict | None:
-    """The vocabulary of the base's own tokenizer (an HF folder's, another run's); None: the run's own, or none."""
-    if base.is_relative_to(run.root.absolute()):
-        return None
-    tokenizer = load_model(base).tokenizer
-    return None if tokenizer is None else tokenizer.get_vocab()
-
-
-def check_base(run: RunDir, base: Path, dims: ModelDims) -> None:
-    """The base must read the run's token shards: the same vocabulary as the tokenizer that packed them."""
+def check_base(run: RunDir, base: Path, dims: ModelDims, data: FinetuneData) -> None:
+    """The base must read the tokens it trains on: the run's token shards were packed with a tokenizer of its
+    vocabulary, or fine-tuning packs its own with the base's tokenizer, whose ids its embeddings must cover."""
+    if data.own_tokens:
+        size = read_tokenizer(data.tokenizer).get_vocab_size()
+        if size > dims.vocab_size:
+            raise FinetuneError(f"finetune.base {base}: a model of vocabulary {dims.vocab_size}, but its tokenizer "
+                                f"{data.tokenizer} has {size} tokens")
+        return
     shards = TokenShards(run.tokens("train"))
     if dims.vocab_size != shards.vocab_size:
         raise FinetuneError(f"finetune.base {base}: a model of vocabulary {dims.vocab_size}, but {run.root}'s token "
                             f"shards were packed with a tokenizer of {shards.vocab_size} tokens (fine-tuning uses the "
                             "base's tokenizer: pack the data with it)")
-    theirs = _base_tokenizer_vocab(run, base)
-    if theirs is not None and run.tokenizer.exists() and theirs != load_tokenizer(run.tokenizer).get_vocab():
-        raise FinetuneError(f"finetune.base {base}: its tokenizer is not the one {run.root}'s token shards were "
-                            "packed with (same size, other tokens)")
 
 
 def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False) -> FinetunePlan:
     """Everything that can be refused, before anything is written: the base, the freezing patterns, the
     LoRA targets, the sequence length, existing checkpoints without --resume (or ``redo``: they will go)."""
     fc = finetune_settings(cfg)
-    for need in (run.tokens("train") / "index.json", run.tokens("val") / "index.json"):
-        if not need.exists():
-            raise FinetuneError(f"{need}: not found; run the data stages first (lmforge data)")
     base = pick(run, fc.base).absolute()
     dims = checkpoint_dims(base)
-    check_base(run, base, dims)
+    data = plan_data(run, cfg, model_tokenizer_path(base))
+    if fc.sources is not None and fc.objective != "causal_lm":
+        raise FinetuneError(f"finetune.sources is read by objective causal_lm only (finetune.objective={fc.objective})")
+    for need in [] if data.own_tokens else (run.tokens("train") / "index.json", run.tokens("val") / "index.json"):
+        if not need.exists():
+            raise FinetuneError(f"{need}: not found; run the data stages first (lmforge data)")
+    check_base(run, base, dims, data)
     tcfg = training_config(cfg, fc, dims)
     seq_len = sequence_length(tcfg.train, dims.context_length)  # train.seq_len must fit the base's context
     batches = None
     if fc.objective == "sft":
-        batches = load_sft_data(fc, run.tokenizer, seq_len, cfg.seed)
+        batches = load_sft_data(fc, data.tokenizer, data.eos_id, seq_len, cfg.seed)
     elif fc.data is not None:
         raise FinetuneError("finetune.data is read by objective sft only (finetune.objective=sft); objective "
-                            "causal_lm trains on the run's token shards")
-    ft_run = FinetuneRunDir(run)
+                            "causal_lm trains on token shards (the run's, or finetune.sources')")
+    ft_run = FinetuneRunDir(run, data)
     latest = ft_run.latest_checkpoint()
     if latest is not None and not (resume or redo):
         raise FinetuneError(f"{ft_run.stage_dir(STAGE)} already holds fine-tuning checkpoints (latest: step "
@@ -171,7 +179,17 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
         trainable = is_lora_parameter
     total = count_parameters(model)
     share = sum(p.numel() for n, p in model.named_parameters() if trainable is None or trainable(n, p))
-    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, batches)
+    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, data, batches)
+
+
+def variant(fc: FinetuneConfig) -> dict:
+    """What fine-tuning changes in the loop, for its resume key (and the loader: a LoRA checkpoint's adapters)."""
+    settings = {"mode": fc.mode, "objective": fc.objective}
+    if fc.mode == "frozen":
+        settings["frozen"] = fc.frozen.model_dump()
+    if fc.mode == "lora":
+        settings["lora"] = fc.lora.model_dump()
+    return {"finetune": settings}
 
 
 def adapter_hook(fc: FinetuneConfig):
@@ -186,32 +204,48 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
     from lmforge.train.loop import train
 
     fc = finetune_settings(cfg)
-    ft_run = FinetuneRunDir(run)
+    ft_run = FinetuneRunDir(run, plan.data)
     ft_run.stage_summary(STAGE).unlink(missing_ok=True)
+    data_figures = prepare_data(run, ft_run.stage_dir(STAGE), cfg, plan.data)
     info(f"fine-tuning {plan.base} ({fc.mode}): {plan.trainable_parameters:,} of {plan.parameters:,} parameters "
          f"train ({100 * plan.trainable_parameters / plan.parameters:.2f}%)")
     sft = {} if plan.batches is None else {"loss_fn": sft_loss, "batches": plan.batches}
     result = train(ft_run, plan.cfg, ctx, resume=resume, init_from=plan.base, trainable=plan.trainable,
-                   adapt=adapter_hook(fc), **sft)
+                   adapt=adapter_hook(fc), variant=variant(fc), **sft)
     summary = {"base": str(plan.base), "objective": fc.objective, "mode": fc.mode, **result,
                "trainable_parameters": plan.trainable_parameters,
                "trainable_share": plan.trainable_parameters / plan.parameters,
-               "base_val_loss": _first_eval(ft_run), "final_val_loss": _last_eval(ft_run)}
+               "base_val_loss": _first_eval(ft_run), "final_val_loss": _last_eval(ft_run),
+               "tokenizer": str(plan.data.tokenizer), **data_figures}
     if plan.batches is not None:
         summary |= {"data": str(Path(fc.data).absolute()), "train_records": len(plan.batches.train),
                     "val_records": len(plan.batches.val)}
-    if fc.mode == "lora":
-        summary["adapter"] = str(write_adapter(ft_run, plan, fc).relative_to(run.root))
+    summary |= write_outputs(ft_run, plan, fc)
     atomic_write_json(ft_run.stage_summary(STAGE), summary)
     return summary
 
 
-def write_adapter(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig) -> Path:
-    """The latest fine-tuning checkpoint's adapters, in peft's format for the base's HF export."""
+def write_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig) -> dict:
+    """From the latest fine-tuning checkpoint: ``finetune/model.safetensors``, the fine-tuned model as an
+    exported file (LoRA merged into the weights by peft) that every stage loads (``--checkpoint finetuned``),
+    and for LoRA the adapter in peft's format for the base's HF export."""
     model = Decoder(plan.dims)
-    add_lora(model, fc.lora)
-    load_checkpoint(ft_run.latest_checkpoint()[1], model, restore_rng_state=False)
-    return save_hf_adapter(model, plan.dims, fc.lora, plan.lora_targets, ft_run.adapter, base=str(plan.base))
+    if fc.mode == "lora":
+        add_lora(model, fc.lora)
+    state = load_checkpoint(ft_run.latest_checkpoint()[1], model, restore_rng_state=False)
+    out = {}
+    if fc.mode == "lora":
+        adapter = save_hf_adapter(model, plan.dims, fc.lora, plan.lora_targets, ft_run.adapter, base=str(plan.base))
+        out["adapter"] = str(adapter.relative_to(ft_run.root))
+        merge_lora(model)
+        plain = Decoder(plan.dims)
+        plain.load_state_dict(unwrapped_state(model))
+        model = plain
+    weights = {name: view.detach().contiguous().clone() for name, view in model_views(model, plan.dims).items()}
+    write_exported(ft_run.model_file, weights, plan.dims.to_dict(), state["step"], state["resume_key"]["seq_len"],
+                   f"finetune-{fc.mode}")
+    out["model"] = str(ft_run.model_file.relative_to(ft_run.root))
+    return out
 
 
 def _evals(run: RunDir) -> list[dict]:

@@ -98,17 +98,17 @@ def test_records_are_encoded_prompt_then_completion_then_end_of_text_with_the_ru
     write_jsonl(path, [{"q": "def add(a, b):", "a": "\n    return a + b", "id": 1}, "", {"q": "x = 1", "a": ""}])
     records = read_sft_records(path, "q", "a")
     assert records == [(f"{path}:1", "def add(a, b):", "\n    return a + b"), (f"{path}:3", "x = 1", "")]
-    first, second = encode_records(records, tokenizer, seq_len=64)
+    first, second = encode_records(records, tokenizer, 0, seq_len=64)
     p = tokenizer.encode("def add(a, b):", add_special_tokens=False).ids
     c = tokenizer.encode("\n    return a + b", add_special_tokens=False).ids
     assert first.ids.tolist() == [*p, *c, tokenizer.token_to_id(EOS_TOKEN)] and first.prompt_tokens == len(p)
     assert second.ids[-1] == tokenizer.token_to_id(EOS_TOKEN) and len(second.ids) == second.prompt_tokens + 1
     with pytest.raises(DataError) as exc:
-        encode_records(records, tokenizer, seq_len=len(p) + len(c) - 1)
+        encode_records(records, tokenizer, 0, seq_len=len(p) + len(c) - 1)
     assert str(exc.value) == (f"{path}:1: prompt and completion are {len(p) + len(c)} tokens, more than "
                               f"train.seq_len {len(p) + len(c) - 1} (shorten the example or raise train.seq_len up "
                               "to the base's context)")
-    assert encode_records(records, tokenizer, seq_len=len(p) + len(c))[0].ids.tolist() == first.ids.tolist()
+    assert encode_records(records, tokenizer, 0, seq_len=len(p) + len(c))[0].ids.tolist() == first.ids.tolist()
 
 
 @pytest.mark.parametrize("lines, message", [
