@@ -153,3 +153,64 @@ def test_lora_finetune_is_loaded_merged_and_its_checkpoints_are_refused_by_name(
                                  "the base's weights); load the fine-tuned model, LoRA merged: finetuned (its run's "
                                  "finetune/model.safetensors)")
     assert snapshot(root) == before
+
+
+CLASSIFY = ["--set", "finetune.objective=classification", "--set", "finetune.max_steps=30", "--set",
+            "train.eval_every=10", "--set", "train.checkpoint_every=10"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--set", "finetune.mode=lora", "--set", "finetune.lr=1e-2"]],
+                         ids=["full", "lora"])
+def test_classification_head_on_a_builtin_task_beats_the_prompted_base(trained_base, tmp_path, mode):
+    root = copy_of(trained_base, tmp_path)
+    code, _, err = run_cli("finetune", "--run-dir", str(root), *CLASSIFY, "--set", "finetune.task=which_package", *mode)
+    assert code == 0, err
+    summary = json.loads((root / "finetune" / "summary.json").read_text())
+    assert summary["labels"] == ["asyncio", "ctypes"] and summary["final_val_loss"] < summary["base_val_loss"]
+    test, base = summary["test"], summary["base_test"]
+    assert test["examples"] == 96 and sorted(test["files"]) == ["confusion", "predictions", "reliability"]
+    assert {"acc", "f1_macro", "ece"} <= set(test["metrics"]) and test["confusion"]["labels"] == summary["labels"]
+    assert not (root / "finetune" / "model.safetensors").exists()  # a classifier is no LM to export
+    if mode:  # LoRA: the adapters and the new head train, nothing else (a 10-step base: measured acc 0.60)
+        assert 0 < summary["trainable_share"] < 0.25
+        return
+    # measured on CPU: 0.875 [0.80, 0.94]; the prompted base 0.54 on the 48 examples that fit its context
+    assert test["metrics"]["acc"]["estimate"] >= 0.75 > base["metrics"]["acc"]["estimate"]
+
+
+def test_classification_labels_from_a_sources_label_field(trained_base, tmp_path):
+    root = copy_of(trained_base, tmp_path)
+    rng = np.random.default_rng(1)
+    words = {"tea": ["leaves", "cup", "brew", "green", "steep", "pot"], "oil": ["barrel", "crude", "pump", "refine",
+                                                                               "well", "drill"]}
+    records = tmp_path / "labelled.jsonl"
+    with records.open("w") as f:
+        for i in range(120):
+            label = ["tea", "oil"][i % 2]
+            text = " ".join(" ".join(rng.choice(words[label] + ["the", "and", "of", "with", "a", "is"], size=12)).capitalize()
+                            + "." for _ in range(6))
+            f.write(json.dumps({"body": f"note {i}: {text}", "kind": label}) + "\n")
+    source = f"[{{kind: jsonl, path: '{records}', field: body, label_field: kind}}]"
+    code, _, err = run_cli("finetune", "--run-dir", str(root), *CLASSIFY, "--set", f"finetune.sources={source}")
+    assert code == 0, err
+    summary = json.loads((root / "finetune" / "summary.json").read_text())
+    assert summary["labels"] == ["oil", "tea"] and "base_test" not in summary
+    assert summary["test"]["metrics"]["acc"]["estimate"] >= 0.9  # words of two vocabularies: easy
+
+
+@pytest.mark.parametrize("settings, line", [
+    (["--set", "finetune.objective=classification"],
+     "error: finetune.objective=classification needs labels: data.sources[0] has no label_field (or set "
+     "finetune.task, e.g. which_package)"),
+    (["--set", "finetune.objective=classification", "--set", "finetune.task=docstring_to_name"],
+     "error: finetune.task: 'docstring_to_name' is a multiple_choice task, not a classification one (built-in: "
+     "which_package)"),
+    (["--set", "finetune.task=which_package"],
+     "error: finetune.task is read by objective classification only (finetune.objective=causal_lm)"),
+])
+def test_bad_classification_settings_are_one_line_and_write_nothing(trained_base, tmp_path, settings, line):
+    root = copy_of(trained_base, tmp_path)
+    before = snapshot(root)
+    code, _, err = run_cli("finetune", "--run-dir", str(root), *settings)
+    assert_error_line(code, err, line)
+    assert snapshot(root) == before

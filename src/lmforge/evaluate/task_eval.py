@@ -168,7 +168,7 @@ def score_task(model: Decoder, tokenizer: Tokenizer, task: Task, settings: EvalS
         for pairs in per_example:
             lls.append(np.array([s.logprob for s in scores[start:start + len(pairs)]]))
             start += len(pairs)
-        return _choice_outcome(task, lls)
+        return choice_outcome(task, lls)
     if task.kind == "generation":
         check_generation(task, tokenizer, context_length)
         texts = greedy_continuations(model, tokenizer, [ex.prompt for ex in task.examples],
@@ -196,7 +196,7 @@ def score_task(model: Decoder, tokenizer: Tokenizer, task: Task, settings: EvalS
     return ScoredTask(task, outcome, predictions)
 
 
-def _choice_outcome(task: Task, lls: list[np.ndarray]) -> ScoredTask:
+def choice_outcome(task: Task, lls: list[np.ndarray]) -> ScoredTask:
     """Outcome, predictions and padded logits of multiple choice / classification from the per-example
     log-likelihoods of the choices (labels)."""
     mc = task.kind == "multiple_choice"

@@ -23,6 +23,7 @@ def finetune(recipe, overrides, run_dir, base, resume, redo):
     """
     from lmforge.core.atomic import atomic_write_text
     from lmforge.distributed.context import init_distributed, shutdown
+    from lmforge.errors import LmforgeError
     from lmforge.transfer.stage import STAGE, FinetuneRunDir, check_finetune, run_finetune
 
     if base is not None:
@@ -30,12 +31,18 @@ def finetune(recipe, overrides, run_dir, base, resume, redo):
     cfg, run = resolve(recipe, run_dir, overrides)
     require_run_dir(run)
     plan = check_finetune(run, cfg, resume, redo=redo)  # refuses bad input before anything is written
+    stage_dir = FinetuneRunDir(run).stage_dir(STAGE)
     if redo:
-        shutil.rmtree(FinetuneRunDir(run).stage_dir(STAGE), ignore_errors=True)
-    atomic_write_text(run.stage_dir(STAGE) / "recipe.yaml", cfg.to_yaml())
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    new = not stage_dir.exists()
+    atomic_write_text(stage_dir / "recipe.yaml", cfg.to_yaml())
     ctx = init_distributed(cfg.train.device)
     try:
         summary = run_finetune(run, cfg, ctx, plan, resume)
+    except LmforgeError:
+        if new and FinetuneRunDir(run).latest_checkpoint() is None:  # refused before any training: leave no trace
+            shutil.rmtree(stage_dir, ignore_errors=True)
+        raise
     finally:
         shutdown(ctx)
     click.echo(f"fine-tuned ({summary['mode']}): validation loss {summary['base_val_loss']:.4f} -> "

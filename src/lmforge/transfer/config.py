@@ -39,10 +39,13 @@ class FinetuneConfig(StrictModel):
     base: str | None = Field(default=None, description="the model to start from: a checkpoint folder, an exported "
                              "file, a run directory or a Hugging Face folder; default: this run's selected, else "
                              "latest checkpoint")
-    objective: Literal["causal_lm", "sft"] = Field(default="causal_lm", description="causal_lm: continued "
-                                                   "pretraining on the run's token shards (packed with the base's "
-                                                   "tokenizer); sft: prompt -> completion records (finetune.data), "
-                                                   "the loss on the completion only")
+    objective: Literal["causal_lm", "sft", "classification"] = Field(
+        default="causal_lm", description="causal_lm: continued pretraining on the run's token shards (or "
+        "finetune.sources', packed with the base's tokenizer); sft: prompt -> completion records (finetune.data), "
+        "the loss on the completion only; classification: a head on the last token, labels from finetune.task or "
+        "the documents' label (a source's label_field)")
+    task: str | None = Field(default=None, description="objective classification: a classification task of the "
+                             "evaluation stage: a built-in one (which_package) or a task YAML with train_path")
     data: str | None = Field(default=None, description="objective sft: a JSONL file of records with a prompt and "
                              "a completion string field")
     sources: list[SourceConfig] | None = Field(default=None, min_length=1, description="objective causal_lm: new "

@@ -12,19 +12,23 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.load import checkpoint_dims, load_checkpoint, model_tokenizer_path, pick
+from lmforge.checkpoint.load import checkpoint_dims, load_checkpoint, load_model, model_tokenizer_path, pick
 from lmforge.checkpoint.export import write_exported
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info
 from lmforge.data.packing import TokenShards
-from lmforge.data.tokenizer import read_tokenizer
+from lmforge.data.tokenizer import model_tokenizer, read_tokenizer
 from lmforge.errors import FinetuneError
+from lmforge.evaluate.report import write_task_files
+from lmforge.evaluate.task_eval import EvalSettings, fitting, score_task, summarize
+from lmforge.evaluate.tasks import Task
 from lmforge.model.config import ModelConfig, ModelDims
 from lmforge.model.decoder import Decoder, count_parameters
 from lmforge.model.fused_layout import model_views
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 from lmforge.train.config import sequence_length
+from lmforge.transfer.classify import HEAD, ClassBatches, classification_head, load_classification, score_classifier
 from lmforge.transfer.config import FinetuneConfig
 from lmforge.transfer.data import FinetuneData, plan_data, prepare_data
 from lmforge.transfer.lora import add_lora, is_lora_parameter, lora_targets, merge_lora, save_hf_adapter, unwrapped_state
@@ -78,7 +82,8 @@ class FinetunePlan:
     trainable_parameters: int
     parameters: int
     data: FinetuneData
-    batches: SftBatches | None = None  # objective sft: the records, tokenized and split
+    batches: SftBatches | ClassBatches | None = None  # objectives sft, classification: the examples, split
+    task: Task | None = None  # objective classification: the test examples, as an evaluation task
 
 
 def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
@@ -148,18 +153,25 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
     base = pick(run, fc.base).absolute()
     dims = checkpoint_dims(base)
     data = plan_data(run, cfg, model_tokenizer_path(base))
-    if fc.sources is not None and fc.objective != "causal_lm":
-        raise FinetuneError(f"finetune.sources is read by objective causal_lm only (finetune.objective={fc.objective})")
+    if fc.sources is not None and fc.objective == "sft":
+        raise FinetuneError("finetune.sources is read by objectives causal_lm and classification (objective sft reads "
+                            "finetune.data)")
+    if fc.task is not None and fc.objective != "classification":
+        raise FinetuneError(f"finetune.task is read by objective classification only (finetune.objective={fc.objective})")
     for need in [] if data.own_tokens else (run.tokens("train") / "index.json", run.tokens("val") / "index.json"):
         if not need.exists():
             raise FinetuneError(f"{need}: not found; run the data stages first (lmforge data)")
     check_base(run, base, dims, data)
     tcfg = training_config(cfg, fc, dims)
     seq_len = sequence_length(tcfg.train, dims.context_length)  # train.seq_len must fit the base's context
-    batches = None
+    batches = task = None
     if fc.objective == "sft":
         batches = load_sft_data(fc, data.tokenizer, data.eos_id, seq_len, cfg.seed)
-    elif fc.data is not None:
+    elif fc.objective == "classification":
+        check_labels(cfg, fc)
+        if fc.sources is None:  # else the labelled documents are curated first (``classification_data``)
+            batches, task = classification_data(run, cfg, data, seq_len)
+    if fc.data is not None and fc.objective != "sft":
         raise FinetuneError("finetune.data is read by objective sft only (finetune.objective=sft); objective "
                             "causal_lm trains on token shards (the run's, or finetune.sources')")
     ft_run = FinetuneRunDir(run, data)
@@ -169,6 +181,8 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
                             f"{latest[0]}); pass --resume to continue, or --redo to fine-tune over")
     with torch.device("meta"):  # names and shapes only
         model = Decoder(dims)
+    if fc.objective == "classification":
+        classification_head(2 if batches is None else len(batches.labels))(model)  # 2: counted again once known
     targets, trainable = [], None
     if fc.mode == "frozen":
         frozen = frozen_names(model, fc)
@@ -176,15 +190,37 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
     elif fc.mode == "lora":
         targets = lora_targets(model, fc.lora.target_modules)
         add_lora(model, fc.lora)
-        trainable = is_lora_parameter
+        head = fc.objective == "classification"  # a new head always trains
+        trainable = lambda name, param=None: is_lora_parameter(name) or (head and name == HEAD)  # noqa: E731
     total = count_parameters(model)
     share = sum(p.numel() for n, p in model.named_parameters() if trainable is None or trainable(n, p))
-    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, data, batches)
+    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, data, batches, task)
 
 
-def variant(fc: FinetuneConfig) -> dict:
+def check_labels(cfg: RunConfig, fc: FinetuneConfig) -> None:
+    """Objective classification needs labels: a task, or sources that carry a label field."""
+    if fc.task is not None:
+        return
+    sources, section = (fc.sources, "finetune.sources") if fc.sources is not None else (cfg.data.sources, "data.sources")
+    for i, source in enumerate(sources):
+        if source.label_field is None:
+            raise FinetuneError(f"finetune.objective=classification needs labels: {section}[{i}] has no label_field "
+                                "(or set finetune.task, e.g. which_package)")
+
+
+def classification_data(run: RunDir, cfg: RunConfig, data: FinetuneData, seq_len: int, docs: Path | None = None):
+    """The labelled examples (``transfer.classify``): from finetune.task, or the documents in ``docs`` (the
+    run's curated ones by default)."""
+    fc = finetune_settings(cfg)
+    return load_classification(run, fc, data.tokenizer, data.eos_id, seq_len, cfg.seed, cfg.eval.builtin_examples,
+                               docs or run.curated)
+
+
+def variant(fc: FinetuneConfig, batches) -> dict:
     """What fine-tuning changes in the loop, for its resume key (and the loader: a LoRA checkpoint's adapters)."""
     settings = {"mode": fc.mode, "objective": fc.objective}
+    if isinstance(batches, ClassBatches):
+        settings["labels"] = batches.labels
     if fc.mode == "frozen":
         settings["frozen"] = fc.frozen.model_dump()
     if fc.mode == "lora":
@@ -192,11 +228,21 @@ def variant(fc: FinetuneConfig) -> dict:
     return {"finetune": settings}
 
 
-def adapter_hook(fc: FinetuneConfig):
-    """The training loop's ``adapt`` plug point for ``fc``: LoRA layers around the targets, or None."""
-    if fc.mode != "lora":
+def adapter_hook(fc: FinetuneConfig, batches):
+    """The training loop's ``adapt`` plug point for ``fc``: a classification head, LoRA layers around the
+    targets, both, or None."""
+    steps = []
+    if isinstance(batches, ClassBatches):
+        steps.append(classification_head(len(batches.labels)))
+    if fc.mode == "lora":
+        steps.append(lambda model: add_lora(model, fc.lora))
+    if not steps:
         return None
-    return lambda model: add_lora(model, fc.lora)
+
+    def adapt(model: Decoder) -> None:
+        for step in steps:
+            step(model)
+    return adapt
 
 
 def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: bool) -> dict:
@@ -207,32 +253,68 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
     ft_run = FinetuneRunDir(run, plan.data)
     ft_run.stage_summary(STAGE).unlink(missing_ok=True)
     data_figures = prepare_data(run, ft_run.stage_dir(STAGE), cfg, plan.data)
+    if fc.objective == "classification" and plan.batches is None:  # from finetune.sources, curated just now
+        batches, task = classification_data(run, cfg, plan.data, sequence_length(plan.cfg.train, plan.dims.context_length),
+                                            ft_run.stage_dir(STAGE) / "data")
+        more = (len(batches.labels) - 2) * plan.dims.d_model  # the head's rows beyond the two counted
+        plan = dataclasses.replace(plan, batches=batches, task=task, parameters=plan.parameters + more,
+                                   trainable_parameters=plan.trainable_parameters + more)
     info(f"fine-tuning {plan.base} ({fc.mode}): {plan.trainable_parameters:,} of {plan.parameters:,} parameters "
          f"train ({100 * plan.trainable_parameters / plan.parameters:.2f}%)")
     sft = {} if plan.batches is None else {"loss_fn": sft_loss, "batches": plan.batches}
     result = train(ft_run, plan.cfg, ctx, resume=resume, init_from=plan.base, trainable=plan.trainable,
-                   adapt=adapter_hook(fc), variant=variant(fc), **sft)
+                   adapt=adapter_hook(fc, plan.batches), variant=variant(fc, plan.batches), **sft)
     summary = {"base": str(plan.base), "objective": fc.objective, "mode": fc.mode, **result,
                "trainable_parameters": plan.trainable_parameters,
                "trainable_share": plan.trainable_parameters / plan.parameters,
                "base_val_loss": _first_eval(ft_run), "final_val_loss": _last_eval(ft_run),
                "tokenizer": str(plan.data.tokenizer), **data_figures}
-    if plan.batches is not None:
+    if isinstance(plan.batches, SftBatches):
         summary |= {"data": str(Path(fc.data).absolute()), "train_records": len(plan.batches.train),
                     "val_records": len(plan.batches.val)}
-    summary |= write_outputs(ft_run, plan, fc)
+    if isinstance(plan.batches, ClassBatches):
+        summary |= classifier_outputs(ft_run, plan, fc, cfg, ctx.device)
+    else:
+        summary |= write_outputs(ft_run, plan, fc)
     atomic_write_json(ft_run.stage_summary(STAGE), summary)
     return summary
+
+
+def trained_model(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig) -> tuple[Decoder, dict]:
+    """The latest fine-tuning checkpoint in the model the loop trained (head and adapters included)."""
+    model = Decoder(plan.dims)
+    hook = adapter_hook(fc, plan.batches)
+    if hook is not None:
+        hook(model)
+    return model, load_checkpoint(ft_run.latest_checkpoint()[1], model, restore_rng_state=False)
+
+
+def classifier_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig, cfg: RunConfig, device) -> dict:
+    """The classifier scored on the test examples with the evaluation stage's metrics (``finetune/test/``:
+    predictions, confusion matrix, reliability plots); with finetune.task, the base's prompted (zero-shot)
+    score of the same examples beside it."""
+    model, state = trained_model(ft_run, plan, fc)
+    settings = EvalSettings.of(cfg.eval)
+    seq_len = state["resume_key"]["seq_len"]
+    scored, entry = score_classifier(model.to(device).eval(), plan.batches, plan.task, settings, seq_len, device)
+    entry["files"] = write_task_files(scored, entry, ft_run.stage_dir(STAGE) / "test")
+    out = {"labels": plan.batches.labels, "train_examples": len(plan.batches.train),
+           "val_examples": len(plan.batches.val), "test": entry}
+    if fc.task is not None:
+        base = load_model(plan.base, device)
+        tokenizer = model_tokenizer(plan.data.tokenizer)
+        fitted, dropped = fitting(plan.task, tokenizer, base.model.dims.context_length)  # prompts are not cut
+        if fitted.examples:
+            out["base_test"] = summarize(score_task(base.model, tokenizer, fitted, settings, device), settings)
+            out["base_test"]["left_out"] = dropped
+    return out
 
 
 def write_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig) -> dict:
     """From the latest fine-tuning checkpoint: ``finetune/model.safetensors``, the fine-tuned model as an
     exported file (LoRA merged into the weights by peft) that every stage loads (``--checkpoint finetuned``),
     and for LoRA the adapter in peft's format for the base's HF export."""
-    model = Decoder(plan.dims)
-    if fc.mode == "lora":
-        add_lora(model, fc.lora)
-    state = load_checkpoint(ft_run.latest_checkpoint()[1], model, restore_rng_state=False)
+    model, state = trained_model(ft_run, plan, fc)
     out = {}
     if fc.mode == "lora":
         adapter = save_hf_adapter(model, plan.dims, fc.lora, plan.lora_targets, ft_run.adapter, base=str(plan.base))
