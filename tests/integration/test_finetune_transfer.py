@@ -133,6 +133,16 @@ def test_hf_base_is_finetuned_evaluated_and_sampled_with_its_own_tokenizer(train
     assert code == 0, err
     after = json.loads((root / "eval" / "results.json").read_text())["after"]["loss"]
     assert after < results["after"]["loss"] - 0.3
+    # and back to Hugging Face: the fine-tuned weights with the base's tokenizer files and end-of-text
+    code, _, err = run_cli("export", "--run-dir", str(root), "--checkpoint", "finetuned", "--format", "hf")
+    assert code == 0, err
+    exported = root / "finetune" / "model-hf"
+    back = transformers.AutoModelForCausalLM.from_pretrained(exported, local_files_only=True).eval()
+    assert back.config.eos_token_id == 1
+    assert transformers.AutoTokenizer.from_pretrained(exported, local_files_only=True).eos_token == FOREIGN_EOS
+    probe = torch.tensor([ids * 4])
+    with torch.no_grad():
+        assert (back(input_ids=probe).logits - loaded.model(probe)).abs().max().item() < 1e-5
 
 
 def test_lora_finetune_is_loaded_merged_and_its_checkpoints_are_refused_by_name(trained_base, tmp_path):

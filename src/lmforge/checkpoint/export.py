@@ -19,7 +19,8 @@ from lmforge.rundir import RunDir
 def default_output(checkpoint: Path, fmt: str = "safetensors") -> Path:
     """``<run>/export/step_N.safetensors`` (``--format hf``: the folder ``<run>/export/step_N-hf``) for a run's
     checkpoint, else beside the checkpoint."""
-    name = f"{checkpoint.name}-hf" if fmt == "hf" else f"{checkpoint.name}.safetensors"
+    name = f"{checkpoint.stem if checkpoint.is_file() else checkpoint.name}-hf" if fmt == "hf" \
+        else f"{checkpoint.name}.safetensors"
     if len(checkpoint.parents) > 2 and RunDir(checkpoint.parents[2]).checkpoints == checkpoint.parent:
         return RunDir(checkpoint.parents[2]).stage_dir("export") / name
     return checkpoint.with_name(name)

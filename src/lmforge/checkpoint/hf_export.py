@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 
 from lmforge.checkpoint.export import check_output
-from lmforge.checkpoint.hf_import import CONFIG, TOKENIZER_FILES, WEIGHTS, hf_config, is_hf_folder, load_hf_tokenizer
+from lmforge.checkpoint.hf_import import CONFIG, TOKENIZER_FILES, WEIGHTS, hf_config, load_hf_tokenizer
 from lmforge.checkpoint.load import LoadedModel, load_model
 from lmforge.core.atomic import atomic_dir
 from lmforge.data.tokenizer import EOS_TOKEN
@@ -39,11 +39,12 @@ def _transformers():
 
 
 def _token_ids(loaded: LoadedModel, tokenizer) -> dict:
-    """bos/eos/pad ids: an HF source's own; an lmforge run's ``<|endoftext|>`` ends a text (there is no bos)."""
+    """bos/eos/pad ids: an HF source's own; else its tokenizer's end-of-text ends a text (lmforge's
+    ``<|endoftext|>``, or the one a fine-tune of an HF model kept) and there is no bos."""
     if loaded.state.get("format") == "hf":
         config = hf_config(loaded.path)
         return {key: config.get(key) for key in TOKEN_IDS}
-    return {"bos_token_id": None, "eos_token_id": tokenizer.token_to_id(EOS_TOKEN), "pad_token_id": None}
+    return {"bos_token_id": None, "eos_token_id": loaded.eos_id, "pad_token_id": None}
 
 
 def config_json(loaded: LoadedModel, token_ids: dict) -> dict:
@@ -79,10 +80,11 @@ def export_hf(checkpoint: Path, output: Path) -> dict:
             (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
             generation.save_pretrained(tmp)
-            if is_hf_folder(loaded.path):  # an imported model keeps its own tokenizer files as they are
+            kept = loaded.tokenizer_path.parent
+            if (kept / "tokenizer_config.json").is_file():  # an HF tokenizer (imported, or kept by a fine-tune)
                 for name in TOKENIZER_FILES:
-                    if (loaded.path / name).is_file():
-                        shutil.copyfile(loaded.path / name, tmp / name)
+                    if (kept / name).is_file():
+                        shutil.copyfile(kept / name, tmp / name)
             else:
                 transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS_TOKEN).save_pretrained(tmp)
     except (OSError, SafetensorError) as exc:  # atomic_dir removed the half-built folder

@@ -22,7 +22,7 @@ from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state,
 from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
-from lmforge.data.tokenizer import model_tokenizer
+from lmforge.data.tokenizer import eos_id_of, model_tokenizer
 from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelDims
 from lmforge.model.decoder import Decoder
@@ -44,6 +44,11 @@ class LoadedModel:
         """The model's ``tokenizers.Tokenizer`` (read when asked for): an HF folder's own, else the run's (or a
         fine-tune's of another base's); None outside a run directory."""
         return None if self.tokenizer_path is None else model_tokenizer(self.tokenizer_path)
+
+    @property
+    def eos_id(self) -> int | None:
+        """Its tokenizer's end-of-text id (``data.tokenizer.eos_id_of``); None without a tokenizer."""
+        return None if self.tokenizer_path is None else eos_id_of(self.tokenizer)
 
     @property
     def step(self) -> int:
@@ -79,7 +84,7 @@ def pick(run: RunDir, choice: str | Path | None = None) -> Path:
     if path.is_dir() and not (path / STATE_FILE).exists() and (path / "stages.json").exists():
         return pick(RunDir(path))  # a run directory: its selected or latest checkpoint
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best, selected)")
+        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best, selected, finetuned)")
     return path
 
 

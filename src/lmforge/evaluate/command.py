@@ -7,7 +7,8 @@ import click
 from lmforge.command import common_options, device_for, require_run_dir, resolve
 
 CHECKPOINT_HELP = "Checkpoint: the one eval.select chose, else the latest (default); latest, best (lowest " \
-                  "validation loss), selected, or a path (a checkpoint folder, an exported file, a run directory)."
+                  "validation loss), selected, finetuned (lmforge finetune's model), or a path (a checkpoint " \
+                  "folder, an exported file, a run directory, a Hugging Face folder: scored with its own tokenizer)."
 
 
 @click.command("eval")

@@ -116,7 +116,7 @@ def test_lora_through_the_loops_adapt_plug_point_optimizes_the_adapters_alone(ba
     fc = settings(mode="lora", lora={"rank": 2, "target_modules": ["qkv_proj", "down_proj"]})
     plan = check_finetune(run, cfg.model_copy(update={"finetune": fc}), resume=False)
     trainer = setup(FinetuneRunDir(run), plan.cfg, DistContext(), init_from=plan.base, trainable=plan.trainable,
-                    adapt=adapter_hook(fc))
+                    adapt=adapter_hook(fc, None))
     adapters = {n: p for n, p in trainer.model.named_parameters() if is_lora_parameter(n)}
     optimized = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     assert {id(p) for p in optimized} == {id(p) for p in adapters.values()} and len(adapters) == 2 * 2 * 2
