@@ -17,6 +17,7 @@ from lmforge.data.command import data
 from lmforge.errors import LmforgeError
 from lmforge.estimate.command import estimate
 from lmforge.evaluate.command import eval_, generate
+from lmforge.merge.command import merge
 from lmforge.run_command import run
 from lmforge.train.command import train
 from lmforge.transfer.command import finetune
@@ -45,6 +46,7 @@ cli.add_command(tune)
 cli.add_command(estimate)
 cli.add_command(optimizers)
 cli.add_command(finetune)
+cli.add_command(merge)
 
 
 def main(argv: list[str] | None = None) -> None:

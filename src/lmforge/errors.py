@@ -39,3 +39,7 @@ class TuneError(LmforgeError):
 class FinetuneError(LmforgeError):
     """Fine-tuning cannot start: a base that does not fit the run, a freezing pattern or LoRA target that
     matches nothing."""
+
+
+class MergeError(LmforgeError):
+    """A merge cannot start: too few inputs, inputs of different models or tokenizers, settings that do not fit."""

@@ -15,6 +15,7 @@ from lmforge.data.config import DataConfig, PackConfig, TokenizerConfig
 from lmforge.distributed.config import ParallelConfig
 from lmforge.errors import RecipeError
 from lmforge.evaluate.config import EvalConfig, GenerateConfig
+from lmforge.merge.config import MergeConfig
 from lmforge.model.config import ModelConfig
 from lmforge.train.config import TrainConfig
 from lmforge.transfer.config import FinetuneConfig
@@ -39,6 +40,7 @@ class RunConfig(StrictModel):
     generate: GenerateConfig = GenerateConfig()
     tune: TuneConfig = TuneConfig()
     finetune: FinetuneConfig | None = None  # lmforge finetune (not part of lmforge run); absent: its defaults
+    merge: MergeConfig | None = None  # lmforge merge (not part of lmforge run)
 
     def section_hash(self, *sections: str) -> str:
         """A fingerprint of some sections, to tell whether a finished stage is still valid."""

@@ -102,6 +102,11 @@ class RunDir:
         return self.stage_dir("finetune") / "model.safetensors"
 
     @property
+    def merged_model(self) -> Path:
+        """The merged model (``lmforge merge``), an exported file: ``--checkpoint merged``."""
+        return self.stage_dir("merge") / "model.safetensors"
+
+    @property
     def samples(self) -> Path:
         return self.stage_dir("sample") / "samples.json"
 

@@ -177,7 +177,7 @@ def assert_refused(run_dir, args, line, exit_code=2):
 def test_checkpoint_that_is_missing(runs, command):
     missing = runs["trained"] / "nowhere"
     assert_refused(runs["trained"], [command, "--run-dir", str(runs["trained"]), "--checkpoint", str(missing)],
-                   f"error: checkpoint {missing}: no such checkpoint folder or file (or give latest, best, selected, finetuned)")
+                   f"error: checkpoint {missing}: no such checkpoint folder or file (or give latest, best, selected, finetuned, merged)")
 
 
 @pytest.mark.parametrize("command", ["eval", "generate"])

@@ -225,7 +225,7 @@ def test_bad_compare_target_and_bad_train_eval_task_are_one_line(trained_run, tm
     missing = tmp_path / "nowhere"
     code, _, err = run_cli("eval", "--run-dir", str(trained_run), "--compare", str(missing))
     assert_error_line(code, err, f"error: checkpoint {missing}: no such checkpoint folder or file "
-                                 "(or give latest, best, selected, finetuned)")
+                                 "(or give latest, best, selected, finetuned, merged)")
     code, _, err = run_cli("train", "--run-dir", str(trained_run), "--resume", "--set", "train.max_steps=30",
                            "--set", f"train.eval_tasks=[{missing}.yaml]")
     assert_error_line(code, err, f"error: {missing}.yaml: no such task file")

@@ -20,7 +20,7 @@ LAYERS = [
     ("estimate", {"estimate"}),
     ("train", {"train"}),
     ("tune, evaluate", {"tune", "evaluate"}),
-    ("transfer, compress, explain, secure", {"transfer", "compress", "explain", "secure"}),
+    ("transfer, merge, compress, explain, secure", {"transfer", "merge", "compress", "explain", "secure"}),
     ("report", {"report"}),
     ("pipeline", {"pipeline"}),
     ("commands", set()),  # command.py, every */command.py and *_command.py

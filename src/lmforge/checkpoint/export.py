@@ -54,6 +54,15 @@ def export_checkpoint(checkpoint: Path, output: Path) -> dict:
             "step": state["step"], "source_format": state.get("format", "safetensors")}
 
 
+def exported_metadata(model: dict, step: int, seq_len: int | None, source_format: str) -> dict[str, str]:
+    """The safetensors metadata of an exported file: what ``checkpoint.load`` reads the model from."""
+    metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(model),
+                "lmforge.step": str(step), "lmforge.source_format": source_format}
+    if seq_len is not None:  # what the model was trained with (evaluation scores at it)
+        metadata["lmforge.seq_len"] = str(seq_len)
+    return metadata
+
+
 def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len: int | None, source_format: str) -> None:
     """One safetensors file of canonical ``weights`` with the metadata every stage's loader reads, atomically."""
     from safetensors import SafetensorError
@@ -62,10 +71,7 @@ def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len:
     from lmforge.core.atomic import atomic_write_with
     from lmforge.errors import LmforgeError
 
-    metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(model),
-                "lmforge.step": str(step), "lmforge.source_format": source_format}
-    if seq_len is not None:  # what the model was trained with (evaluation scores at it)
-        metadata["lmforge.seq_len"] = str(seq_len)
+    metadata = exported_metadata(model, step, seq_len, source_format)
     try:
         atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed

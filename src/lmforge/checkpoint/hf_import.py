@@ -66,7 +66,7 @@ def hf_dims(path: Path) -> ModelDims:
         raise CheckpointError(f"{_where(path)}: {CONFIG}: {exc}") from None
 
 
-def _weight_files(path: Path) -> dict[Path, set[str] | None]:
+def hf_weight_files(path: Path) -> dict[Path, set[str] | None]:
     """The safetensors files to read, with the tensor names the index assigns each (None: a single file)."""
     if (path / WEIGHTS).exists() or not (path / INDEX).exists():
         if not (path / WEIGHTS).is_file():
@@ -93,7 +93,7 @@ def hf_weights(path: Path, dims: ModelDims) -> dict[str, torch.Tensor]:
     the head, as in transformers."""
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
-    for file, expected in _weight_files(path).items():
+    for file, expected in hf_weight_files(path).items():
         try:
             loaded = load_file(str(file))
         except (SafetensorError, OSError) as exc:

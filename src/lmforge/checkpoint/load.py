@@ -29,7 +29,7 @@ from lmforge.model.decoder import Decoder
 from lmforge.model.fused_layout import model_views
 from lmforge.rundir import RunDir
 
-CHOICES = ("latest", "best", "selected", "finetuned")
+CHOICES = ("latest", "best", "selected", "finetuned", "merged")
 
 
 @dataclasses.dataclass
@@ -63,7 +63,7 @@ class LoadedModel:
 def pick(run: RunDir, choice: str | Path | None = None) -> Path:
     """The checkpoint ``choice`` names: ``selected`` (the one ``eval.select`` chose), ``latest``, ``best``
     (the lowest validation loss logged at a kept checkpoint's step), ``finetuned`` (``lmforge finetune``'s
-    model, LoRA merged), or a path (a run directory, a checkpoint
+    model, LoRA merged), ``merged`` (``lmforge merge``'s), or a path (a run directory, a checkpoint
     folder, an exported file, a Hugging Face model folder). None: the selected checkpoint when the eval stage chose one, else the latest."""
     if choice is None:
         return selected_checkpoint(run) or _latest(run)
@@ -75,6 +75,10 @@ def pick(run: RunDir, choice: str | Path | None = None) -> Path:
         if not run.finetuned_model.is_file():
             raise CheckpointError(f"{run.finetuned_model}: no fine-tuned model; run lmforge finetune first")
         return run.finetuned_model
+    if str(choice) == "merged":
+        if not run.merged_model.is_file():
+            raise CheckpointError(f"{run.merged_model}: no merged model; run lmforge merge first")
+        return run.merged_model
     if str(choice) == "selected":
         chosen = selected_checkpoint(run)
         if chosen is None:
@@ -84,7 +88,7 @@ def pick(run: RunDir, choice: str | Path | None = None) -> Path:
     if path.is_dir() and not (path / STATE_FILE).exists() and (path / "stages.json").exists():
         return pick(RunDir(path))  # a run directory: its selected or latest checkpoint
     if not path.exists():
-        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best, selected, finetuned)")
+        raise CheckpointError(f"checkpoint {path}: no such checkpoint folder or file (or give latest, best, selected, finetuned, merged)")
     return path
 
 
@@ -139,6 +143,19 @@ def checkpoint_dims(path: str | Path) -> ModelDims:
     if is_hf_folder(path):
         return hf_dims(path)
     return model_dims(path, read_state(path, verify=False))
+
+
+def checkpoint_seq_len(path: str | Path) -> int:
+    """The sequence length a checkpoint's model was trained with (an HF folder: its context), from its state or
+    metadata alone."""
+    path = Path(path)
+    if path.is_file():
+        meta, dims = _exported_metadata(path)
+        return int(meta.get("lmforge.seq_len", dims.context_length))
+    if is_hf_folder(path):
+        return hf_dims(path).context_length
+    state = read_state(path, verify=False)
+    return int(state.get("resume_key", {}).get("seq_len", model_dims(path, state).context_length))
 
 
 TRAINING_ONLY = ("dropout", "init_std")  # dimensions that do not change what a trained model computes

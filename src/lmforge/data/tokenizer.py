@@ -154,3 +154,24 @@ def tokenizer_digest(path: Path | None) -> str | None:
     import hashlib
 
     return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def keep_tokenizer(tokenizer_json: Path, folder: Path, eos_id: int) -> None:
+    """Copy another model's tokenizer files beside ``tokenizer_json`` into ``folder`` (a stage's ``tokenizer/``,
+    where ``checkpoint.load.model_tokenizer_path`` finds it for the models the stage writes), naming its
+    end-of-text token in ``tokenizer_config.json`` when only the model's ``config.json`` named it."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_json).parent / name).is_file():
+            shutil.copyfile(Path(tokenizer_json).parent / name, folder / name)
+    tokenizer = read_tokenizer(folder / "tokenizer.json")
+    if end_of_text_id(folder / "tokenizer.json", tokenizer) == eos_id:
+        return
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    atomic_write_text(config_file, json.dumps({**config, "eos_token": tokenizer.id_to_token(eos_id)}, indent=2))

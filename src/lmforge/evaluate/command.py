@@ -56,8 +56,13 @@ def eval_(recipe, overrides, run_dir, checkpoint, other):
 @click.option("--no-cache", is_flag=True, help="Recompute the whole sequence each step (slow reference path).")
 @click.option("--checkpoint", type=click.Path(path_type=str), help=CHECKPOINT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the samples as JSON (the shape of sample/samples.json).")
+@click.option("--ensemble", multiple=True, type=click.Path(path_type=str),
+              help="Another model (repeat) generating with --checkpoint's as one: their next-token probabilities "
+                   "averaged (same tokenizer; no KV cache).")
+@click.option("--ensemble-mode", type=click.Choice(["probabilities", "log_probabilities"]), default="probabilities",
+              show_default=True, help="Average the probabilities, or the log-probabilities (renormalized).")
 def generate(recipe, overrides, run_dir, prompt, max_new_tokens, temperature, top_k, top_p, num_samples, seed,
-             no_cache, checkpoint, as_json):
+             no_cache, checkpoint, as_json, ensemble, ensemble_mode):
     """Continue a prompt with the trained model (KV cache, temperature, top-k, top-p)."""
     import json
 
@@ -73,7 +78,8 @@ def generate(recipe, overrides, run_dir, prompt, max_new_tokens, temperature, to
     text = cfg.generate.prompt if prompt is None else prompt
     if not text:
         raise LmforgeError("--prompt: the prompt is empty")
-    samples = sample_texts(run, cfg, device_for(cfg), prompt=text, checkpoint=checkpoint, use_cache=not no_cache)
+    samples = sample_texts(run, cfg, device_for(cfg), prompt=text, checkpoint=checkpoint, use_cache=not no_cache,
+                           ensemble=list(ensemble), ensemble_mode=ensemble_mode)
     if as_json:  # what the sample stage writes, with this command's settings and prompt
         cfg.generate.prompt = text
         click.echo(json.dumps({"generate": cfg.generate.model_dump(), "samples": samples}, indent=2, sort_keys=True))

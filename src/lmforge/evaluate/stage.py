@@ -25,6 +25,7 @@ from lmforge.evaluate.selection import Target, select_checkpoint
 from lmforge.evaluate.task_eval import EvalSettings, check_task, score_task, summarize
 from lmforge.evaluate.task_sources import builtin_tasks, check_select, load_user_tasks
 from lmforge.model.decoder import Decoder
+from lmforge.model.ensemble import Ensemble
 from lmforge.model.generate import generate
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
@@ -56,12 +57,12 @@ def own_tokenizer(run: RunDir, path: Path) -> Path | None:
     return None if theirs is None or tokenizer_digest(theirs) == tokenizer_digest(run.tokenizer) else theirs
 
 
-def validation_tokens(run: RunDir, cfg: RunConfig, tokenizer: Path | None) -> TokenShards:
+def validation_tokens(run: RunDir, cfg: RunConfig, tokenizer: Path | None, stage: str = "eval") -> TokenShards:
     """The run's validation shards, or for a model of another tokenizer the run's validation documents packed
-    with it (``eval/tokens/<its digest>/``, reused)."""
+    with it (``<stage>/tokens/<its digest>/``, reused)."""
     if tokenizer is None:
         return TokenShards(run.tokens("val"))
-    folder = run.stage_dir("eval") / "tokens" / tokenizer_digest(tokenizer)[:16]
+    folder = run.stage_dir(stage) / "tokens" / tokenizer_digest(tokenizer)[:16]
     if not (folder / INDEX).is_file():
         pack_tokens(tokenizer, run.val_docs, folder, cfg.pack)
     return TokenShards(folder)
@@ -192,19 +193,31 @@ def stage_summary(results: dict, selection: dict | None, comparison: dict | None
 
 
 def sample_texts(run: RunDir, cfg: RunConfig, device: torch.device, *, prompt: str, checkpoint: str | None = None,
-                 use_cache: bool = True) -> list[dict]:
+                 use_cache: bool = True, ensemble: list[str] = (), ensemble_mode: str = "probabilities") -> list[dict]:
     """Samples of ``prompt`` with the model ``checkpoint`` names, in its own tokenizer (the run's, or one a
-    Hugging Face model brings)."""
+    Hugging Face model brings); with ``ensemble``, that model and these as one (``model.ensemble``: their
+    next-token distributions combined by ``ensemble_mode``), which must share the tokenizer."""
     path = checkpoint_for(run, cfg, checkpoint, load_tokenizer(run.tokenizer).get_vocab_size())
+    others = [checkpoint_for(run, cfg, other, load_tokenizer(run.tokenizer).get_vocab_size()) for other in ensemble]
+    mine = tokenizer_digest(own_tokenizer(run, path) or run.tokenizer)
+    for i, other in enumerate(others):
+        if tokenizer_digest(own_tokenizer(run, other) or run.tokenizer) != mine:
+            raise CheckpointError(f"--ensemble {ensemble[i]}: another tokenizer than the model's {path} (an ensemble "
+                                  "combines next-token distributions over one vocabulary)")
+        if checkpoint_dims(other).vocab_size != checkpoint_dims(path).vocab_size:
+            raise CheckpointError(f"--ensemble {ensemble[i]}: a vocabulary of {checkpoint_dims(other).vocab_size}, "
+                                  f"the model's {path} {checkpoint_dims(path).vocab_size}")
     loaded = load_model(path, device)
     tokenizer = load_tokenizer(run.tokenizer) if own_tokenizer(run, path) is None else loaded.tokenizer
+    model = loaded.model
+    if others:
+        model = Ensemble([model, *(load_model(other, device).model for other in others)], ensemble_mode)
     g = cfg.generate
     prompt_ids = tokenizer.encode(prompt).ids
     samples = []
     for i in range(g.num_samples):
-        new_ids = generate(loaded.model, prompt_ids, g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
-                           top_p=g.top_p, eos_id=eos_id_of(tokenizer), seed=g.seed + i,
-                           use_cache=use_cache)
+        new_ids = generate(model, prompt_ids, g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
+                           top_p=g.top_p, eos_id=eos_id_of(tokenizer), seed=g.seed + i, use_cache=use_cache)
         samples.append({"prompt": prompt, "completion": tokenizer.decode(new_ids), "tokens": len(new_ids)})
     return samples
 

@@ -31,6 +31,7 @@ def generate(
     after ``eos_id`` is produced (the eos token is then the last one returned).
     """
     dims = model.dims
+    use_cache = use_cache and hasattr(model, "forward_cached")  # an ensemble recomputes the sequence
     _check_arguments(dims.context_length, dims.vocab_size, prompt_ids, max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens == 0:
         return []

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from lmforge.core.atomic import atomic_write_json
@@ -17,13 +16,10 @@ from lmforge.core.progress import info
 from lmforge.data.curate import curate
 from lmforge.data.readers import resolve_files
 from lmforge.data.packing import INDEX, pack_tokens
-from lmforge.data.tokenizer import end_of_text_id, read_tokenizer, tokenizer_digest
+from lmforge.data.tokenizer import end_of_text_id, keep_tokenizer, read_tokenizer, tokenizer_digest
 from lmforge.errors import FinetuneError
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneData:
@@ -67,12 +63,7 @@ def prepare_data(run: RunDir, stage_dir: Path, cfg: RunConfig, data: FinetuneDat
     """Curate and pack what ``data`` says (reused when its key is unchanged: ``--resume`` reads the same
     tokens); returns the figures for the summary."""
     if data.foreign:
-        folder = stage_dir / "tokenizer"
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in TOKENIZER_FILES:
-            if (data.tokenizer.parent / name).is_file():
-                shutil.copyfile(data.tokenizer.parent / name, folder / name)
-        _name_eos(folder, data)
+        keep_tokenizer(data.tokenizer, stage_dir / "tokenizer", data.eos_id)
     if not data.own_tokens:
         return {}
     tokens, key_file = stage_dir / "tokens", stage_dir / "tokens" / "key.json"
@@ -91,16 +82,6 @@ def prepare_data(run: RunDir, stage_dir: Path, cfg: RunConfig, data: FinetuneDat
         info(f"finetune data: {split}: {index['num_tokens']:,} tokens with {data.tokenizer}")
     atomic_write_json(key_file, key)
     return _figures(tokens)
-
-
-def _name_eos(folder: Path, data: FinetuneData) -> None:
-    """The copied tokenizer must still name its end-of-text token without the base's config.json."""
-    tokenizer = read_tokenizer(folder / "tokenizer.json")
-    if end_of_text_id(folder / "tokenizer.json", tokenizer) == data.eos_id:
-        return
-    config_file = folder / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    atomic_write_json(config_file, {**config, "eos_token": tokenizer.id_to_token(data.eos_id)})
 
 
 def _figures(tokens: Path) -> dict:
