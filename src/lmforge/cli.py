@@ -13,6 +13,7 @@ import click
 
 from lmforge.checkpoint.command import export
 from lmforge.command import DEBUG
+from lmforge.compress.command import compress
 from lmforge.data.command import data
 from lmforge.errors import LmforgeError
 from lmforge.estimate.command import estimate
@@ -47,6 +48,7 @@ cli.add_command(estimate)
 cli.add_command(optimizers)
 cli.add_command(finetune)
 cli.add_command(merge)
+cli.add_command(compress)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,3 +43,7 @@ class FinetuneError(LmforgeError):
 
 class MergeError(LmforgeError):
     """A merge cannot start: too few inputs, inputs of different models or tokenizers, settings that do not fit."""
+
+
+class CompressError(LmforgeError):
+    """A compression variant cannot be made: settings that do not fit the model, no calibration data."""

@@ -19,7 +19,7 @@ ROTATE_LABEL_CHARS = 3  # x tick labels longer than this (or many classes) are r
 BIN_KEYS = ("edges", "count", "confidence", "accuracy")
 
 
-def _new_figure(figsize: tuple[float, float], dpi: int = 100):
+def new_figure(figsize: tuple[float, float], dpi: int = 100):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # not pyplot: no global state, caller's backend untouched
 
@@ -28,7 +28,7 @@ def _new_figure(figsize: tuple[float, float], dpi: int = 100):
     return fig
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     try:
         atomic_write_with(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     finally:
@@ -67,7 +67,7 @@ def write_confusion_png(matrix: np.ndarray, labels: list[str], path: Path, title
     matrix, labels = _check_confusion(matrix, labels)
     k = matrix.shape[0]
     side = min(4.0 + 0.4 * k, 16.0)
-    fig = _new_figure((side + 1.5, side))
+    fig = new_figure((side + 1.5, side))
     ax = fig.add_subplot()
     tick_size = max(5.0, min(10.0, 200.0 / k))
     top = int(matrix.max())
@@ -91,7 +91,7 @@ def write_confusion_png(matrix: np.ndarray, labels: list[str], path: Path, title
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=cell_size,
                         color="white" if dark else "black")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ def write_reliability_png(bins: dict, path: Path, title: str, ece: float,
     elif calibrated_ece is not None or temperature is not None:
         raise ValueError("calibrated_ece and temperature need calibrated_bins")
 
-    fig = _new_figure((6.5, 7.0))
+    fig = new_figure((6.5, 7.0))
     acc_ax, count_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     edges = series[0][0]["edges"]
     lo, width = edges[:-1], np.diff(edges)
@@ -184,4 +184,4 @@ def write_reliability_png(bins: dict, path: Path, title: str, ece: float,
     count_ax.set_ylabel("examples")
     count_ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

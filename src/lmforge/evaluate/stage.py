@@ -35,13 +35,16 @@ from lmforge.train.validation import window_losses
 
 def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_size: int):
     """The checkpoint ``checkpoint`` names (``pick``). One that reads this run's tokens must hold this run's
-    model: the recipe's dimensions over the run's vocabulary. A model with a tokenizer of its own (a Hugging
+    model (the recipe's dimensions over the run's vocabulary), unless it lies in this run's directory (a
+    compressed variant with fewer channels: the vocabulary must still be the run's). A model with a tokenizer of its own (a Hugging
     Face folder, a fine-tune of one) is scored with that tokenizer, which must fit its embeddings and name an
     end-of-text token. Reads no tensor, so commands check it before anything is written."""
     path = pick(run, checkpoint)
     dims = checkpoint_dims(path)
     theirs = own_tokenizer(run, path)
     if theirs is None:
+        if path.absolute().is_relative_to(run.root.absolute()) and dims.vocab_size == vocab_size:
+            return path  # made from this run (a compressed variant, a merge): its own dimensions, the run's tokens
         check_fits(path, dims, cfg.model.dims(vocab_size), run.root)
         return path
     tokenizer = model_tokenizer(theirs)

@@ -1,0 +1,67 @@
+"""``compress:`` in a recipe (``lmforge compress``): a list of variants, each made from one checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from lmforge.core.config import StrictModel
+
+NAME = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the variant's folder under compress/")
+
+
+class MagnitudeVariant(StrictModel):
+    """Unstructured: the smallest-magnitude share of each block linear layer's weights set to zero."""
+    name: str = NAME
+    method: Literal["magnitude"]
+    sparsity: float = Field(gt=0, lt=1)
+
+
+class WandaVariant(StrictModel):
+    """Unstructured (Sun et al. 2024): score |W_ij| * ||X_j||_2 over the calibration tokens; the lowest-scoring
+    share of each output row set to zero."""
+    name: str = NAME
+    method: Literal["wanda"]
+    sparsity: float = Field(gt=0, lt=1)
+
+
+class TwoFourVariant(StrictModel):
+    """2:4 semi-structured: in every group of four consecutive input weights of a row, the two lowest-scoring
+    set to zero (score: Wanda's, or the magnitude)."""
+    name: str = NAME
+    method: Literal["two_four"]
+    score: Literal["wanda", "magnitude"] = "wanda"
+
+
+class StructuredVariant(StrictModel):
+    """Structured: the least important share of every block's MLP channels removed (importance: the channel's
+    activation norm over the calibration tokens times its down-projection column's norm): a smaller dense model."""
+    name: str = NAME
+    method: Literal["structured"]
+    mlp_fraction: float = Field(gt=0, lt=1, description="share of the MLP channels removed in every block")
+
+
+Variant = Annotated[MagnitudeVariant | WandaVariant | TwoFourVariant | StructuredVariant, Field(discriminator="method")]
+
+
+class CalibrationConfig(StrictModel):
+    """Windows of ``train.seq_len`` tokens from the training shards (Wanda's and the structured importance)."""
+    batches: int = Field(default=8, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    seed: int = 0
+
+
+class MeasureConfig(StrictModel):
+    """The speed columns: batch 1, the same prompts for every model, medians of ``repeats`` interleaved runs."""
+    prompt_tokens: int = Field(default=64, ge=1)
+    new_tokens: int = Field(default=32, ge=1)
+    repeats: int = Field(default=5, ge=1)
+
+
+class CompressConfig(StrictModel):
+    checkpoint: str | None = Field(default=None, description="the dense model: default the selected, else the "
+                                   "latest checkpoint; or anything the loader reads")
+    variants: list[Variant] = Field(default_factory=list)
+    calibration: CalibrationConfig = CalibrationConfig()
+    measure: MeasureConfig = MeasureConfig()

@@ -1,0 +1,154 @@
+"""``lmforge compress``: every variant of ``compress.variants`` made from one dense model (loaded through the
+one loader), written as an exported file ``compress/<name>/model.safetensors`` that every command loads
+(``--checkpoint runs/x/compress/<name>/model.safetensors``), then the size / speed / quality table of the dense
+model and the variants (``compress.table``) and ``compress/summary.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from lmforge.checkpoint.export import write_exported
+from lmforge.checkpoint.load import checkpoint_dims, checkpoint_seq_len, load_model, pick
+from lmforge.compress.calibration import calibration_windows, input_norms
+from lmforge.compress.config import CompressConfig
+from lmforge.compress.prune import prune
+from lmforge.compress.structured import kept_channels, prune_mlp
+from lmforge.compress.table import measure, quality, weight_figures, with_ratios, write_table
+from lmforge.core.atomic import atomic_write_json
+from lmforge.core.progress import info
+from lmforge.data.packing import TokenShards
+from lmforge.data.tokenizer import load_tokenizer
+from lmforge.errors import CompressError
+from lmforge.evaluate.config import BUILTIN
+from lmforge.evaluate.task_eval import EvalSettings
+from lmforge.evaluate.task_sources import builtin_tasks, load_user_tasks
+from lmforge.model.config import ModelDims
+from lmforge.model.fused_layout import model_views
+from lmforge.recipe import RunConfig
+from lmforge.rundir import RunDir
+
+STAGE = "compress"
+CALIBRATED = ("wanda", "structured")
+
+
+@dataclasses.dataclass
+class CompressPlan:
+    dense: Path
+    dims: ModelDims
+    seq_len: int
+
+
+def settings_of(cfg: RunConfig) -> CompressConfig:
+    return cfg.compress or CompressConfig()
+
+
+def needs_calibration(variant) -> bool:
+    return variant.method in CALIBRATED or (variant.method == "two_four" and variant.score == "wanda")
+
+
+def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
+    """Before anything is written: the variants (names, shapes they need), the dense model, the data."""
+    cc = settings_of(cfg)
+    if not cc.variants:
+        raise CompressError("compress.variants: no variant to make (e.g. [{name: wanda50, method: wanda, "
+                            "sparsity: 0.5}])")
+    names = [v.name for v in cc.variants]
+    repeated = next((n for n in names if names.count(n) > 1 or n == "dense"), None)
+    if repeated is not None:
+        raise CompressError(f"compress.variants: the name {repeated!r} is {'reserved' if repeated == 'dense' else 'used twice'}")
+    dense = pick(run, cc.checkpoint).absolute()
+    dims = checkpoint_dims(dense)
+    for i, v in enumerate(cc.variants):
+        if v.method == "two_four":
+            widths = {dims.d_model, dims.ffn_hidden, dims.n_heads * dims.head_dim}
+            odd = sorted(w for w in widths if w % 4)
+            if odd:
+                raise CompressError(f"compress.variants[{i}] ({v.name}): 2:4 needs input dimensions divisible by 4; "
+                                    f"the model has {odd[0]}")
+        if v.method == "structured" and kept_channels(dims.ffn_hidden, v.mlp_fraction) == dims.ffn_hidden:
+            raise CompressError(f"compress.variants[{i}] ({v.name}): mlp_fraction {v.mlp_fraction} removes no "
+                                f"channel of {dims.ffn_hidden}")
+    for need in (run.tokens("train") / "index.json", run.tokens("val") / "index.json"):
+        if not need.exists():
+            raise CompressError(f"{need}: not found; run the data stages first (lmforge data)")
+    shards = TokenShards(run.tokens("train"))
+    if shards.vocab_size != dims.vocab_size:
+        raise CompressError(f"compress.checkpoint {dense}: a model of vocabulary {dims.vocab_size}, the run's "
+                            f"tokens {shards.vocab_size}")
+    seq_len = checkpoint_seq_len(dense)
+    if any(needs_calibration(v) for v in cc.variants):
+        calibration_windows(shards, seq_len, cc.calibration.batches, cc.calibration.batch_size, cc.calibration.seed)
+    return CompressPlan(dense, dims, seq_len)
+
+
+def make_variant(dense, variant, norms):
+    """The variant's model (a pruned copy of ``dense``, or a smaller structured one) and its figures."""
+    if variant.method == "structured":
+        model, _ = prune_mlp(dense, variant.mlp_fraction, norms)
+        return model
+    model = type(dense)(dense.dims)
+    model.load_state_dict(dense.state_dict())
+    prune(model, variant, norms)
+    return model.eval()
+
+
+def save_variant(model, path: Path, seq_len: int, method: str) -> None:
+    weights = {name: view.detach().contiguous().clone() for name, view in model_views(model, model.dims).items()}
+    write_exported(path, weights, model.dims.to_dict(), 0, seq_len, f"compress-{method}")
+
+
+def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan) -> dict:
+    cc = settings_of(cfg)
+    folder = run.stage_dir(STAGE)
+    run.stage_summary(STAGE).unlink(missing_ok=True)
+    dense = load_model(plan.dense).model
+    norms = None
+    if any(needs_calibration(v) for v in cc.variants):
+        c = cc.calibration
+        windows = calibration_windows(TokenShards(run.tokens("train")), plan.seq_len, c.batches, c.batch_size, c.seed)
+        norms = input_norms(dense, windows, c.batch_size)
+        info(f"compress: calibration statistics from {len(windows)} windows of {plan.seq_len} tokens")
+    models = {"dense": {"method": "dense", "path": str(plan.dense), "model": dense}}
+    for variant in cc.variants:
+        path = folder / variant.name / "model.safetensors"
+        save_variant(make_variant(dense, variant, norms), path, plan.seq_len, variant.method)
+        loaded = load_model(path).model  # the table measures what every stage will load
+        models[variant.name] = {"method": variant.method, "path": str(path.relative_to(run.root)), "model": loaded,
+                                "file_bytes": path.stat().st_size, "settings": variant.model_dump()}
+        info(f"compress: {variant.name} ({variant.method}) -> {path}")
+    rows = table_rows(run, cfg, plan, models)
+    write_table(rows, folder)
+    summary = {"dense": str(plan.dense), "variants": {n: {k: r[k] for k in ("method", "path", "parameters",
+                                                                          "nonzero_parameters", "val_loss",
+                                                                          "perplexity", "decode_tokens_per_s",
+                                                                          "ratio_to_dense")}
+                                                     for n, r in rows.items()},
+               "table": "compress/table.md"}
+    atomic_write_json(run.stage_summary(STAGE), summary)
+    return summary
+
+
+def table_rows(run: RunDir, cfg: RunConfig, plan: CompressPlan, models: dict) -> dict:
+    cc = settings_of(cfg)
+    val = TokenShards(run.tokens("val"))
+    prompt = val.window(0, max(cc.measure.prompt_tokens, 1))[:cc.measure.prompt_tokens].tolist()
+    tokenizer = load_tokenizer(run.tokenizer)
+    tasks = load_user_tasks(cfg.eval.tasks, "eval.tasks")
+    if BUILTIN in cfg.eval.tasks:
+        tasks += builtin_tasks(run, run.stage_dir(STAGE) / "tasks", cfg.seed, cfg.eval.builtin_examples, tokenizer,
+                               plan.dims.context_length)[0]
+    settings = EvalSettings.of(cfg.eval)
+    windows = None if cfg.eval.max_tokens is None else max(1, cfg.eval.max_tokens // plan.seq_len)
+    bytes_per_token = val.num_bytes / max(1, val.num_tokens)
+    torch.manual_seed(cfg.seed)
+    measure(models, prompt, cc.measure)
+    rows = {}
+    for name, entry in models.items():
+        model = entry.pop("model")
+        rows[name] = {**entry, **weight_figures(model),
+                      **quality(model, val, plan.seq_len, windows, bytes_per_token, tasks, tokenizer, settings,
+                                cfg.eval.batch_size)}
+    return with_ratios(rows)

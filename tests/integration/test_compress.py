@@ -1,0 +1,67 @@
+"""``lmforge compress`` end to end on the debug recipe: magnitude, Wanda, 2:4 and structured variants written as
+exported files that eval loads, the table (md, json, png) with every column and ratio; bad input refused in one
+line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cli_errors import assert_error_line, snapshot
+from conftest import run_cli
+from lmforge.checkpoint.load import load_model
+from lmforge.compress.calibration import block_linears
+
+pytestmark = pytest.mark.integration
+
+VARIANTS = ("compress.variants=[{name: mag50, method: magnitude, sparsity: 0.5}, {name: wanda50, method: wanda, "
+            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25}]")
+FAST = ["--set", "compress.measure.repeats=2", "--set", "compress.measure.new_tokens=8", "--set",
+        "eval.max_tokens=2048"]
+
+
+def test_variants_and_their_table(trained_base, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(trained_base, root)
+    code, out, err = run_cli("compress", "--run-dir", str(root), "--set", VARIANTS, "--set", "eval.tasks=[builtin]",
+                             *FAST)
+    assert code == 0, err
+    rows = json.loads((root / "compress" / "table.json").read_text())
+    assert set(rows) == {"dense", "mag50", "wanda50", "two_four", "mlp25"}
+    for name, row in rows.items():
+        assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["perplexity"] > 1
+        assert set(row["tasks"]) == {"docstring_to_name/acc", "which_package/acc"}
+        assert row["ratio_to_dense"]["parameters"] == row["parameters"] / rows["dense"]["parameters"]
+    for name in ("mag50", "wanda50", "two_four"):
+        model = load_model(root / rows[name]["path"]).model
+        for layer_name, layer in block_linears(model).items():
+            assert int((layer.weight == 0).sum()) == layer.weight.numel() // 2, (name, layer_name)
+        assert rows[name]["parameters"] == rows["dense"]["parameters"] > rows[name]["nonzero_parameters"]
+    small = load_model(root / rows["mlp25"]["path"]).model
+    assert small.dims.ffn_hidden == 129 and rows["mlp25"]["parameters"] < rows["dense"]["parameters"]
+    assert all((root / "compress" / f).is_file() for f in ("table.md", "table.png", "summary.json"))
+    code, out, err = run_cli("eval", "--run-dir", str(root), "--checkpoint", str(root / rows["mlp25"]["path"]),
+                             "--set", "eval.tasks=[]", "--set", "eval.max_tokens=2048")
+    assert code == 0, err
+    after = json.loads((root / "eval" / "results.json").read_text())["after"]["loss"]
+    assert abs(after - rows["mlp25"]["val_loss"]) < 1e-6  # the table scores what eval loads
+
+
+@pytest.mark.parametrize("variants, line", [
+    ("[{name: a, method: magnitude, sparsity: 1.0}]",
+     "error: recipe RUN/recipe.yaml: compress.variants.0.magnitude.sparsity: Input should be less than 1 (got 1.0)"),
+    ("[{name: a, method: wanda, sparsity: 0}]",
+     "error: recipe RUN/recipe.yaml: compress.variants.0.wanda.sparsity: Input should be greater than 0 (got 0)"),
+    ("[{name: a, method: magnitude, sparsity: 0.5}, {name: a, method: wanda, sparsity: 0.5}]",
+     "error: compress.variants: the name 'a' is used twice"),
+    ("[]", "error: compress.variants: no variant to make (e.g. [{name: wanda50, method: wanda, sparsity: 0.5}])"),
+])
+def test_bad_variants_are_one_line_and_write_nothing(trained_base, tmp_path, variants, line):
+    root = tmp_path / "run"
+    shutil.copytree(trained_base, root)
+    before = snapshot(root)
+    code, _, err = run_cli("compress", "--run-dir", str(root), "--set", f"compress.variants={variants}")
+    assert_error_line(code, err, line.replace("RUN", str(root)))
+    assert snapshot(root) == before

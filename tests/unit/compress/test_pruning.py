@@ -1,0 +1,103 @@
+"""Pruning on tiny seeded models: sparsity exactly as asked (per layer for magnitude, per row for Wanda, two of
+every four for 2:4), the kept weights the highest-scoring ones (against a plain loop), calibration norms equal to
+the layers' inputs, and structured pruning's smaller model giving the logits of the masked full model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lmforge.compress.calibration import block_linears, calibration_windows, input_norms
+from lmforge.compress.config import MagnitudeVariant, TwoFourVariant, WandaVariant
+from lmforge.compress.prune import magnitude_mask, prune, row_mask, two_four_mask, wanda_score
+from lmforge.compress.structured import kept_channels, mask_channels, prune_mlp
+from lmforge.errors import CompressError
+from lmforge.model.config import SIZES, ModelDims
+from lmforge.model.decoder import Decoder, count_parameters
+
+DIMS = ModelDims(vocab_size=64, **SIZES["debug"])
+
+
+def model() -> Decoder:
+    torch.manual_seed(0)
+    m = Decoder(DIMS)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m.eval()
+
+
+WINDOWS = np.random.default_rng(0).integers(0, 64, (6, 32))
+
+
+def test_masks_drop_exactly_what_is_asked():
+    w = torch.randn(12, 40, generator=torch.Generator().manual_seed(1))
+    keep = magnitude_mask(w, 0.3)
+    assert int((~keep).sum()) == int(0.3 * w.numel())
+    assert w.abs()[~keep].max() <= w.abs()[keep].min()
+    rows = row_mask(w.abs(), 0.5)
+    assert ((~rows).sum(1) == 20).all()
+    for r in range(12):  # the lowest 20 of each row: a plain loop
+        lowest = sorted(range(40), key=lambda j: (w[r, j].abs().item(), j))[:20]
+        assert sorted(torch.nonzero(~rows[r]).flatten().tolist()) == sorted(lowest)
+    groups = two_four_mask(w.abs()).reshape(12, 10, 4)
+    assert (groups.sum(2) == 2).all()
+    kept, dropped = w.abs().reshape(12, 10, 4)[groups].reshape(12, 10, 2), w.abs().reshape(12, 10, 4)[~groups].reshape(12, 10, 2)
+    assert (kept.min(2).values >= dropped.max(2).values).all()
+
+
+def test_calibration_norms_are_the_sums_of_each_layers_squared_inputs():
+    m = model()
+    norms = input_norms(m, WINDOWS, batch_size=4)
+    seen = {}
+    handles = [layer.register_forward_pre_hook(lambda mod, args, name=name: seen.setdefault(name, []).append(args[0]))
+               for name, layer in block_linears(m).items()]
+    with torch.no_grad():
+        m(torch.from_numpy(WINDOWS).long())
+    for h in handles:
+        h.remove()
+    for name, xs in seen.items():
+        expected = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs]).double().pow(2).sum(0)
+        assert torch.allclose(norms[name], expected, rtol=1e-6), name
+
+
+@pytest.mark.parametrize("variant", [MagnitudeVariant(name="m", method="magnitude", sparsity=0.5),
+                                     WandaVariant(name="w", method="wanda", sparsity=0.5),
+                                     TwoFourVariant(name="t", method="two_four")], ids=["magnitude", "wanda", "2:4"])
+def test_pruning_leaves_half_of_every_block_linear_layer(variant):
+    m = model()
+    norms = input_norms(m, WINDOWS, 4)
+    before = {n: l.weight.clone() for n, l in block_linears(m).items()}
+    embed = m.embed_tokens.weight.clone()
+    prune(m, variant, norms)
+    for name, layer in block_linears(m).items():
+        w = layer.weight
+        assert int((w == 0).sum()) == w.numel() // 2, name
+        if variant.method == "wanda":
+            assert ((w == 0).sum(1) == w.shape[1] // 2).all()
+            score = wanda_score(before[name], norms[name])
+            assert score[w == 0].max() <= score[w != 0].max()
+        assert torch.equal(w[w != 0], before[name][w != 0])  # the kept weights are untouched
+    assert torch.equal(m.embed_tokens.weight, embed)
+
+
+def test_structured_pruning_gives_the_masked_full_models_logits_with_fewer_parameters():
+    m = model()
+    norms = input_norms(m, WINDOWS, 4)
+    small, keep = prune_mlp(m, 0.25, norms)
+    n = kept_channels(DIMS.ffn_hidden, 0.25)
+    assert small.dims.ffn_hidden == n == 129 and all(len(k) == n for k in keep)
+    assert count_parameters(m) - count_parameters(small) == DIMS.n_layers * 3 * DIMS.d_model * (DIMS.ffn_hidden - n)
+    mask_channels(m, keep)
+    ids = torch.from_numpy(WINDOWS[:2]).long()
+    with torch.no_grad():
+        assert (small(ids) - m(ids)).abs().max().item() < 1e-5
+
+
+def test_an_empty_calibration_set_is_refused():
+    class Shards:
+        def num_windows(self, seq_len):
+            return 0
+    with pytest.raises(CompressError, match=r"^compress.calibration: the training shards hold fewer than 65 tokens"):
+        calibration_windows(Shards(), 64, 8, 8, 0)
