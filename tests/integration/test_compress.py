@@ -17,7 +17,8 @@ from lmforge.compress.calibration import block_linears
 pytestmark = pytest.mark.integration
 
 VARIANTS = ("compress.variants=[{name: mag50, method: magnitude, sparsity: 0.5}, {name: wanda50, method: wanda, "
-            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25}]")
+            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25}, "
+            "{name: q8, method: int8}]")
 FAST = ["--set", "compress.measure.repeats=2", "--set", "compress.measure.new_tokens=8", "--set",
         "eval.max_tokens=2048"]
 
@@ -29,7 +30,7 @@ def test_variants_and_their_table(trained_base, tmp_path):
                              *FAST)
     assert code == 0, err
     rows = json.loads((root / "compress" / "table.json").read_text())
-    assert set(rows) == {"dense", "mag50", "wanda50", "two_four", "mlp25"}
+    assert set(rows) == {"dense", "mag50", "wanda50", "two_four", "mlp25", "q8"}
     for name, row in rows.items():
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["perplexity"] > 1
         assert set(row["tasks"]) == {"docstring_to_name/acc", "which_package/acc"}
@@ -42,6 +43,9 @@ def test_variants_and_their_table(trained_base, tmp_path):
     small = load_model(root / rows["mlp25"]["path"]).model
     assert small.dims.ffn_hidden == 129 and rows["mlp25"]["parameters"] < rows["dense"]["parameters"]
     assert all((root / "compress" / f).is_file() for f in ("table.md", "table.png", "summary.json"))
+    q8 = rows["q8"]  # int8: the same parameters in about a quarter of the bytes (the embeddings stay fp32)
+    assert q8["parameters"] == rows["dense"]["parameters"] and q8["weight_bytes"] < 0.5 * rows["dense"]["weight_bytes"]
+    assert abs(q8["perplexity"] / rows["dense"]["perplexity"] - 1) < 0.01
     code, out, err = run_cli("eval", "--run-dir", str(root), "--checkpoint", str(root / rows["mlp25"]["path"]),
                              "--set", "eval.tasks=[]", "--set", "eval.max_tokens=2048")
     assert code == 0, err
@@ -56,6 +60,10 @@ def test_variants_and_their_table(trained_base, tmp_path):
      "error: recipe RUN/recipe.yaml: compress.variants.0.wanda.sparsity: Input should be greater than 0 (got 0)"),
     ("[{name: a, method: magnitude, sparsity: 0.5}, {name: a, method: wanda, sparsity: 0.5}]",
      "error: compress.variants: the name 'a' is used twice"),
+    ("[{name: q4, method: int4, group_size: 32}]",
+     "error: compress.variants[0] (q4): group size 32 does not divide the input dimension 172 (ffn_hidden (down input))"),
+    ("[{name: q4, method: int4, group_size: 48}]",
+     "error: recipe RUN/recipe.yaml: compress.variants.0.int4.group_size: Input should be 32, 64, 128 or 256 (got 48)"),
     ("[]", "error: compress.variants: no variant to make (e.g. [{name: wanda50, method: wanda, sparsity: 0.5}])"),
 ])
 def test_bad_variants_are_one_line_and_write_nothing(trained_base, tmp_path, variants, line):

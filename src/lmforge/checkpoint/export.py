@@ -76,3 +76,19 @@ def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len:
         atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
         raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc
+
+
+def write_quantized(output: Path, model, step: int, seq_len: int | None, config: dict) -> None:
+    """A quantized decoder (``model.quantized``) as one safetensors file: its integer weights, scales and zeros
+    and the fp32 rest under the decoder's own names, with ``lmforge.quantization`` ({"method", "group_size"}) in
+    the metadata beside what ``write_exported`` records; the loader rebuilds the quantized decoder from it."""
+    from safetensors.torch import save_file
+
+    from lmforge.core.atomic import atomic_write_with
+    from lmforge.model.quantized import quantized_state
+
+    metadata = exported_metadata(model.dims.to_dict(), step, seq_len, f"quantized-{config['method']}")
+    metadata["lmforge.quantization"] = json.dumps(config)
+    metadata["lmforge.layout"] = "quantized"
+    state = quantized_state(model)
+    atomic_write_with(output, lambda tmp: save_file(state, str(tmp), metadata=metadata))

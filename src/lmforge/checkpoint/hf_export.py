@@ -65,6 +65,9 @@ def export_hf(checkpoint: Path, output: Path) -> dict:
     check_output(output, "hf")
     transformers = _transformers()
     loaded = load_model(checkpoint)
+    if "quantization" in loaded.state:
+        raise LmforgeError(f"export --format hf: {checkpoint} is quantized ({loaded.state['quantization']['method']}); "
+                           "export the dense model it was made from")
     if loaded.tokenizer_path is None:
         raise LmforgeError(f"export --format hf: {checkpoint} has no tokenizer (it lies in no run directory); "
                            "export a checkpoint of a run")

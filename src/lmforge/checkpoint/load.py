@@ -27,6 +27,7 @@ from lmforge.errors import CheckpointError
 from lmforge.model.config import ModelDims
 from lmforge.model.decoder import Decoder
 from lmforge.model.fused_layout import model_views
+from lmforge.model.quantized import quantized_decoder
 from lmforge.rundir import RunDir
 
 CHOICES = ("latest", "best", "selected", "finetuned", "merged")
@@ -212,10 +213,19 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
-    model = _decoder_with(path, dims, tensors)
+    if "lmforge.quantization" in meta:  # a quantized model (``lmforge compress``): its own layers
+        try:
+            model = quantized_decoder(dims, json.loads(meta["lmforge.quantization"]), tensors)
+        except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint {path}: quantized tensors do not fit the model it describes "
+                                  f"({str(exc).splitlines()[0]})") from None
+    else:
+        model = _decoder_with(path, dims, tensors)
     seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
     state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
              "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
+    if "lmforge.quantization" in meta:
+        state["quantization"] = json.loads(meta["lmforge.quantization"])
     return model, state
 
 

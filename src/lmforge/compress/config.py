@@ -42,7 +42,21 @@ class StructuredVariant(StrictModel):
     mlp_fraction: float = Field(gt=0, lt=1, description="share of the MLP channels removed in every block")
 
 
-Variant = Annotated[MagnitudeVariant | WandaVariant | TwoFourVariant | StructuredVariant, Field(discriminator="method")]
+class Int8Variant(StrictModel):
+    """int8 weights (symmetric per output channel) with activations quantized at run time (``model.quantized``)."""
+    name: str = NAME
+    method: Literal["int8"]
+
+
+class Int4Variant(StrictModel):
+    """int4 weights, asymmetric per group of ``group_size`` inputs, bf16 activations (``model.quantized``)."""
+    name: str = NAME
+    method: Literal["int4"]
+    group_size: Literal[32, 64, 128, 256] = 128
+
+
+Variant = Annotated[MagnitudeVariant | WandaVariant | TwoFourVariant | StructuredVariant | Int8Variant | Int4Variant,
+                    Field(discriminator="method")]
 
 
 class CalibrationConfig(StrictModel):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.export import write_exported
+from lmforge.checkpoint.export import write_exported, write_quantized
 from lmforge.checkpoint.load import checkpoint_dims, checkpoint_seq_len, load_model, pick
 from lmforge.compress.calibration import calibration_windows, input_norms
 from lmforge.compress.config import CompressConfig
@@ -27,11 +27,13 @@ from lmforge.evaluate.task_eval import EvalSettings
 from lmforge.evaluate.task_sources import builtin_tasks, load_user_tasks
 from lmforge.model.config import ModelDims
 from lmforge.model.fused_layout import model_views
+from lmforge.model.quantized import quantize
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 
 STAGE = "compress"
 CALIBRATED = ("wanda", "structured")
+QUANTIZED = ("int8", "int4")
 
 
 @dataclasses.dataclass
@@ -68,6 +70,13 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
             if odd:
                 raise CompressError(f"compress.variants[{i}] ({v.name}): 2:4 needs input dimensions divisible by 4; "
                                     f"the model has {odd[0]}")
+        if v.method == "int4":
+            widths = {"d_model (q/k/v, gate/up inputs)": dims.d_model, "ffn_hidden (down input)": dims.ffn_hidden,
+                      "heads x head_dim (output projection input)": dims.n_heads * dims.head_dim}
+            odd = next(((what, w) for what, w in widths.items() if w % v.group_size), None)
+            if odd is not None:
+                raise CompressError(f"compress.variants[{i}] ({v.name}): group size {v.group_size} does not divide "
+                                    f"the input dimension {odd[1]} ({odd[0]})")
         if v.method == "structured" and kept_channels(dims.ffn_hidden, v.mlp_fraction) == dims.ffn_hidden:
             raise CompressError(f"compress.variants[{i}] ({v.name}): mlp_fraction {v.mlp_fraction} removes no "
                                 f"channel of {dims.ffn_hidden}")
@@ -85,19 +94,25 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
 
 
 def make_variant(dense, variant, norms):
-    """The variant's model (a pruned copy of ``dense``, or a smaller structured one) and its figures."""
+    """The variant's model: a pruned or quantized copy of ``dense``, or a smaller structured one."""
     if variant.method == "structured":
         model, _ = prune_mlp(dense, variant.mlp_fraction, norms)
         return model
     model = type(dense)(dense.dims)
     model.load_state_dict(dense.state_dict())
+    if variant.method in QUANTIZED:
+        return quantize(model, variant.method, getattr(variant, "group_size", None))
     prune(model, variant, norms)
     return model.eval()
 
 
-def save_variant(model, path: Path, seq_len: int, method: str) -> None:
+def save_variant(model, path: Path, seq_len: int, variant) -> None:
+    if variant.method in QUANTIZED:
+        write_quantized(path, model, 0, seq_len, {"method": variant.method,
+                                                  "group_size": getattr(variant, "group_size", None)})
+        return
     weights = {name: view.detach().contiguous().clone() for name, view in model_views(model, model.dims).items()}
-    write_exported(path, weights, model.dims.to_dict(), 0, seq_len, f"compress-{method}")
+    write_exported(path, weights, model.dims.to_dict(), 0, seq_len, f"compress-{variant.method}")
 
 
 def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan) -> dict:
@@ -114,7 +129,7 @@ def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan) -> dict:
     models = {"dense": {"method": "dense", "path": str(plan.dense), "model": dense}}
     for variant in cc.variants:
         path = folder / variant.name / "model.safetensors"
-        save_variant(make_variant(dense, variant, norms), path, plan.seq_len, variant.method)
+        save_variant(make_variant(dense, variant, norms), path, plan.seq_len, variant)
         loaded = load_model(path).model  # the table measures what every stage will load
         models[variant.name] = {"method": variant.method, "path": str(path.relative_to(run.root)), "model": loaded,
                                 "file_bytes": path.stat().st_size, "settings": variant.model_dump()}

@@ -21,7 +21,7 @@ from lmforge.core.progress import track
 from lmforge.evaluate.report import HEADLINE
 from lmforge.evaluate.stage import validation_figures
 from lmforge.evaluate.task_eval import score_task, summarize
-from lmforge.model.decoder import count_parameters
+from lmforge.model.quantized import Int4Linear, Int8Linear
 from lmforge.model.generate import generate
 from lmforge.train.validation import window_losses
 
@@ -42,10 +42,16 @@ def speed(model, prompt: list[int], new_tokens: int) -> tuple[float, float]:
 
 
 def weight_figures(model) -> dict:
-    tensors = {id(p): p for p in model.parameters()}.values()
-    return {"parameters": count_parameters(model),
-            "nonzero_parameters": int(sum(int(torch.count_nonzero(p)) for p in tensors)),
-            "weight_bytes": int(sum(p.numel() * p.element_size() for p in tensors))}
+    """Parameters (a quantized layer's weights counted as its in x out), nonzero ones, and the bytes they take."""
+    params, nonzero, nbytes = 0, 0, 0
+    for p in {id(p): p for p in model.parameters()}.values():
+        params, nonzero, nbytes = params + p.numel(), nonzero + int(torch.count_nonzero(p)), nbytes + p.numel() * p.element_size()
+    for module in model.modules():
+        if isinstance(module, (Int8Linear, Int4Linear)):
+            params += module.in_features * module.out_features
+            nonzero += int(torch.count_nonzero(module.dequantized()))
+            nbytes += sum(b.numel() * b.element_size() for b in module.buffers())
+    return {"parameters": params, "nonzero_parameters": nonzero, "weight_bytes": nbytes}
 
 
 def measure(models: dict[str, dict], prompt: list[int], measure_cfg) -> None:
