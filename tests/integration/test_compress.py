@@ -53,7 +53,28 @@ def test_variants_and_their_table(trained_base, tmp_path):
     assert abs(after - rows["mlp25"]["val_loss"]) < 1e-6  # the table scores what eval loads
 
 
+def test_distillation_beside_its_cross_entropy_control(trained_base, tmp_path):
+    from lmforge.core.metrics import read_metrics
+
+    root = tmp_path / "run"
+    shutil.copytree(trained_base, root)
+    code, out, err = run_cli("compress", "--run-dir", str(root), "--set",
+                             "compress.variants=[{name: kd, method: distill, max_steps: 6, alpha: 0.7}]",
+                             "--set", "train.eval_every=3", "--set", "eval.tasks=[]", *FAST)
+    assert code == 0, err
+    rows = json.loads((root / "compress" / "table.json").read_text())
+    assert rows["kd"]["method"] == "distill" and rows["kd-ce"]["method"] == "ce-control"
+    assert rows["kd"]["parameters"] == rows["kd-ce"]["parameters"] < rows["dense"]["parameters"]
+    evals = {name: [(r["step"], r["val_loss"]) for r in read_metrics(root / "compress" / name / "train" / "metrics.jsonl")
+                    if r["kind"] == "eval"] for name in ("kd", "kd-ce")}
+    assert evals["kd"][0] == evals["kd-ce"][0] and [s for s, _ in evals["kd"]] == [0, 3, 6]  # the same start
+    assert evals["kd"][-1] != evals["kd-ce"][-1]
+    assert "gap_closed" in json.loads((root / "compress" / "summary.json").read_text())["variants"]["kd"]
+
+
 @pytest.mark.parametrize("variants, line", [
+    ("[{name: kd, method: distill, student: {d_model: 128}}]",
+     "error: compress.variants[0] (kd): the student (296,576 parameters) is not smaller than the teacher (123,712)"),
     ("[{name: a, method: magnitude, sparsity: 1.0}]",
      "error: recipe RUN/recipe.yaml: compress.variants.0.magnitude.sparsity: Input should be less than 1 (got 1.0)"),
     ("[{name: a, method: wanda, sparsity: 0}]",

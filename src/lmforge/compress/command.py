@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from lmforge.command import common_options, require_run_dir, resolve
+from lmforge.command import common_options, device_for, require_run_dir, resolve
 
 
 @click.command()
@@ -22,10 +22,11 @@ def compress(recipe, overrides, run_dir, checkpoint):
     cfg, run = resolve(recipe, run_dir, overrides)
     require_run_dir(run)
     plan = check_compress(run, cfg)  # refuses bad input before anything is written
-    summary = run_compress(run, cfg, plan)
+    summary = run_compress(run, cfg, plan, device_for(cfg))
     for name, row in summary["variants"].items():
         r = row["ratio_to_dense"]
         click.echo(f"{name}: {row['nonzero_parameters']:,} nonzero ({r['nonzero_parameters']:.2f}x), perplexity "
                    f"{row['perplexity']:.2f} ({r['perplexity']:.3f}x), decode {row['decode_tokens_per_s']:.0f} tok/s "
-                   f"({r['decode_tokens_per_s']:.2f}x)")
+                   f"({r['decode_tokens_per_s']:.2f}x)" + (f"; closes {row['gap_closed']:.0%} of the CE student's gap "
+                                                            "to the teacher" if row.get("gap_closed") is not None else ""))
     click.echo(f"table: {run.stage_dir('compress') / 'table.md'}")

@@ -55,8 +55,31 @@ class Int4Variant(StrictModel):
     group_size: Literal[32, 64, 128, 256] = 128
 
 
-Variant = Annotated[MagnitudeVariant | WandaVariant | TwoFourVariant | StructuredVariant | Int8Variant | Int4Variant,
-                    Field(discriminator="method")]
+class StudentDims(StrictModel):
+    """The student's shape: any of these set overrides the teacher's (vocabulary and context stay the teacher's)."""
+    d_model: int | None = Field(default=None, ge=8)
+    n_layers: int | None = Field(default=None, ge=1)
+    n_heads: int | None = Field(default=None, ge=1)
+    n_kv_heads: int | None = Field(default=None, ge=1)
+    ffn_hidden: int | None = Field(default=None, ge=1)
+
+
+class DistillVariant(StrictModel):
+    """Knowledge distillation into a smaller student, L = (1 - alpha) * CE + alpha * T^2 * KL(teacher_T || student_T)
+    (``reverse``: KL(student_T || teacher_T)), the teacher's logits computed on the fly, beside its control: the
+    same student trained on the same batches with cross-entropy alone (``<name>-ce``)."""
+    name: str = NAME
+    method: Literal["distill"]
+    student: StudentDims = Field(default_factory=StudentDims, description="default: the teacher with half its blocks")
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    temperature: float = Field(default=2.0, gt=0)
+    reverse: bool = False
+    max_steps: int = Field(default=200, ge=1)
+    lr: float | None = Field(default=None, gt=0, description="default: train.lr")
+
+
+Variant = Annotated[MagnitudeVariant | WandaVariant | TwoFourVariant | StructuredVariant | Int8Variant | Int4Variant
+                    | DistillVariant, Field(discriminator="method")]
 
 
 class CalibrationConfig(StrictModel):

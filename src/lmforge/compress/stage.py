@@ -6,21 +6,23 @@ model and the variants (``compress.table``) and ``compress/summary.json``."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import torch
 
 from lmforge.checkpoint.export import write_exported, write_quantized
-from lmforge.checkpoint.load import checkpoint_dims, checkpoint_seq_len, load_model, pick
+from lmforge.checkpoint.load import checkpoint_dims, checkpoint_seq_len, load_model, model_tokenizer_path, pick
 from lmforge.compress.calibration import calibration_windows, input_norms
 from lmforge.compress.config import CompressConfig
+from lmforge.compress.distill import check_student, distillation_loss, train_student
 from lmforge.compress.prune import prune
 from lmforge.compress.structured import kept_channels, prune_mlp
 from lmforge.compress.table import measure, quality, weight_figures, with_ratios, write_table
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info
 from lmforge.data.packing import TokenShards
-from lmforge.data.tokenizer import load_tokenizer
+from lmforge.data.tokenizer import load_tokenizer, tokenizer_digest
 from lmforge.errors import CompressError
 from lmforge.evaluate.config import BUILTIN
 from lmforge.evaluate.task_eval import EvalSettings
@@ -57,7 +59,7 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
     if not cc.variants:
         raise CompressError("compress.variants: no variant to make (e.g. [{name: wanda50, method: wanda, "
                             "sparsity: 0.5}])")
-    names = [v.name for v in cc.variants]
+    names = [v.name for v in cc.variants] + [f"{v.name}-ce" for v in cc.variants if v.method == "distill"]
     repeated = next((n for n in names if names.count(n) > 1 or n == "dense"), None)
     if repeated is not None:
         raise CompressError(f"compress.variants: the name {repeated!r} is {'reserved' if repeated == 'dense' else 'used twice'}")
@@ -77,6 +79,12 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
             if odd is not None:
                 raise CompressError(f"compress.variants[{i}] ({v.name}): group size {v.group_size} does not divide "
                                     f"the input dimension {odd[1]} ({odd[0]})")
+        if v.method == "distill":
+            check_student(dims, v, f"compress.variants[{i}]")
+            theirs = model_tokenizer_path(dense)
+            if theirs is not None and tokenizer_digest(theirs) != tokenizer_digest(run.tokenizer):
+                raise CompressError(f"compress.variants[{i}] ({v.name}): the teacher {dense} reads another tokenizer "
+                                    f"({theirs}) than the run's token shards; distillation needs the same one")
         if v.method == "structured" and kept_channels(dims.ffn_hidden, v.mlp_fraction) == dims.ffn_hidden:
             raise CompressError(f"compress.variants[{i}] ({v.name}): mlp_fraction {v.mlp_fraction} removes no "
                                 f"channel of {dims.ffn_hidden}")
@@ -115,7 +123,26 @@ def save_variant(model, path: Path, seq_len: int, variant) -> None:
     write_exported(path, weights, model.dims.to_dict(), 0, seq_len, f"compress-{variant.method}")
 
 
-def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan) -> dict:
+def distill_variant(run: RunDir, cfg: RunConfig, plan: CompressPlan, teacher, variant, device) -> dict:
+    """The distilled student and its cross-entropy control, trained and saved; their table entries."""
+    teacher.requires_grad_(False)
+    dims = check_student(plan.dims, variant, "compress.variants")
+    loss = distillation_loss(teacher.to(device), variant.alpha, variant.temperature, variant.reverse)
+    out = {}
+    for name, loss_fn, method in ((variant.name, loss, "distill"), (f"{variant.name}-ce", None, "ce-control")):
+        folder = run.stage_dir(STAGE) / name
+        checkpoint = train_student(run, cfg, folder, dims, variant, loss_fn, device)
+        student = load_model(checkpoint).model
+        save_variant(student, folder / "model.safetensors", plan.seq_len, variant)
+        shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the exported model is the result
+        out[name] = {"method": method, "path": str((folder / "model.safetensors").relative_to(run.root)),
+                     "model": load_model(folder / "model.safetensors").model,
+                     "settings": variant.model_dump() if method == "distill" else {"control_of": variant.name}}
+    teacher.to("cpu")
+    return out
+
+
+def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan, device="cpu") -> dict:
     cc = settings_of(cfg)
     folder = run.stage_dir(STAGE)
     run.stage_summary(STAGE).unlink(missing_ok=True)
@@ -128,6 +155,9 @@ def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan) -> dict:
         info(f"compress: calibration statistics from {len(windows)} windows of {plan.seq_len} tokens")
     models = {"dense": {"method": "dense", "path": str(plan.dense), "model": dense}}
     for variant in cc.variants:
+        if variant.method == "distill":
+            models |= distill_variant(run, cfg, plan, dense, variant, device)
+            continue
         path = folder / variant.name / "model.safetensors"
         save_variant(make_variant(dense, variant, norms), path, plan.seq_len, variant)
         loaded = load_model(path).model  # the table measures what every stage will load
@@ -142,6 +172,11 @@ def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan) -> dict:
                                                                           "ratio_to_dense")}
                                                      for n, r in rows.items()},
                "table": "compress/table.md"}
+    for variant in cc.variants:
+        if variant.method == "distill":  # the share of the CE-only student's gap to the teacher that distillation
+            # closes (None when that student is no worse than the teacher: there is no gap)
+            ce, ours, teacher = (rows[n]["val_loss"] for n in (f"{variant.name}-ce", variant.name, "dense"))
+            summary["variants"][variant.name]["gap_closed"] = (ce - ours) / (ce - teacher) if ce > teacher else None
     atomic_write_json(run.stage_summary(STAGE), summary)
     return summary
 
