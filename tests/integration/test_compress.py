@@ -17,7 +17,7 @@ from lmforge.compress.calibration import block_linears
 pytestmark = pytest.mark.integration
 
 VARIANTS = ("compress.variants=[{name: mag50, method: magnitude, sparsity: 0.5}, {name: wanda50, method: wanda, "
-            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25}, "
+            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25, recovery_steps: 4}, "
             "{name: q8, method: int8}]")
 FAST = ["--set", "compress.measure.repeats=2", "--set", "compress.measure.new_tokens=8", "--set",
         "eval.max_tokens=2048"]
@@ -30,7 +30,9 @@ def test_variants_and_their_table(trained_base, tmp_path):
                              *FAST)
     assert code == 0, err
     rows = json.loads((root / "compress" / "table.json").read_text())
-    assert set(rows) == {"dense", "mag50", "wanda50", "two_four", "mlp25", "q8"}
+    assert set(rows) == {"dense", "mag50", "wanda50", "two_four", "mlp25", "mlp25-recovered", "q8"}
+    recovered = rows["mlp25-recovered"]  # trained 4 steps from the pruned model: the same size, other weights
+    assert recovered["parameters"] == rows["mlp25"]["parameters"] and recovered["val_loss"] != rows["mlp25"]["val_loss"]
     for name, row in rows.items():
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["perplexity"] > 1
         assert set(row["tasks"]) == {"docstring_to_name/acc", "which_package/acc"}

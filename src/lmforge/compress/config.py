@@ -40,6 +40,9 @@ class StructuredVariant(StrictModel):
     name: str = NAME
     method: Literal["structured"]
     mlp_fraction: float = Field(gt=0, lt=1, description="share of the MLP channels removed in every block")
+    recovery_steps: int = Field(default=0, ge=0, description="then train the smaller model this many steps on the "
+                                "run's data (a <name>-recovered variant beside it); 0: no recovery")
+    recovery_lr: float | None = Field(default=None, gt=0, description="default: train.lr")
 
 
 class Int8Variant(StrictModel):

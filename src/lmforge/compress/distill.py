@@ -69,24 +69,26 @@ def distillation_loss(teacher: nn.Module, alpha: float, temperature: float, reve
     return loss
 
 
-def student_config(cfg: RunConfig, dims: ModelDims, variant) -> RunConfig:
+def student_config(cfg: RunConfig, dims: ModelDims, steps: int, lr: float | None) -> RunConfig:
     model = ModelConfig(size="debug", vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
                         n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, ffn_hidden=dims.ffn_hidden,
                         context_length=dims.context_length, rope_theta=dims.rope_theta, norm_eps=dims.norm_eps,
                         tie_embeddings=dims.tie_embeddings, init_std=cfg.model.init_std)
-    train = cfg.train.model_copy(update={"max_steps": variant.max_steps, "lr": variant.lr or cfg.train.lr,
+    train = cfg.train.model_copy(update={"max_steps": steps, "lr": lr or cfg.train.lr,
                                          "eval_tasks": [], "keep_checkpoints": 1})
     return cfg.model_copy(update={"model": model, "train": train})
 
 
-def train_student(run: RunDir, cfg: RunConfig, folder: Path, dims: ModelDims, variant, loss_fn, device) -> Path:
-    """Train a student in ``folder`` (a run directory over the run's token shards); its latest checkpoint."""
+def train_student(run: RunDir, cfg: RunConfig, folder: Path, dims: ModelDims, steps: int, lr: float | None, loss_fn,
+                  device, init_from: Path | None = None) -> Path:
+    """Train a model of ``dims`` (seeded, or from ``init_from``) in ``folder``, a run directory over the run's
+    token shards; returns its latest checkpoint (a distilled student, its control, a pruned model's recovery)."""
     from lmforge.distributed.context import DistContext
     from lmforge.train.loop import lm_loss, train
 
     shutil.rmtree(folder, ignore_errors=True)  # compress is not resumable: every variant is made again
     sub = SharedDataRunDir(folder, run)
-    scfg = student_config(cfg, dims, variant)
+    scfg = student_config(cfg, dims, steps, lr)
     atomic_write_text(sub.recipe, scfg.to_yaml())
-    train(sub, scfg, DistContext(device=device), resume=False, loss_fn=loss_fn or lm_loss)
+    train(sub, scfg, DistContext(device=device), resume=False, loss_fn=loss_fn or lm_loss, init_from=init_from)
     return sub.latest_checkpoint()[1]

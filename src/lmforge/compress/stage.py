@@ -59,7 +59,8 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
     if not cc.variants:
         raise CompressError("compress.variants: no variant to make (e.g. [{name: wanda50, method: wanda, "
                             "sparsity: 0.5}])")
-    names = [v.name for v in cc.variants] + [f"{v.name}-ce" for v in cc.variants if v.method == "distill"]
+    names = [v.name for v in cc.variants] + [f"{v.name}-ce" for v in cc.variants if v.method == "distill"] + \
+        [f"{v.name}-recovered" for v in cc.variants if getattr(v, "recovery_steps", 0)]
     repeated = next((n for n in names if names.count(n) > 1 or n == "dense"), None)
     if repeated is not None:
         raise CompressError(f"compress.variants: the name {repeated!r} is {'reserved' if repeated == 'dense' else 'used twice'}")
@@ -131,7 +132,7 @@ def distill_variant(run: RunDir, cfg: RunConfig, plan: CompressPlan, teacher, va
     out = {}
     for name, loss_fn, method in ((variant.name, loss, "distill"), (f"{variant.name}-ce", None, "ce-control")):
         folder = run.stage_dir(STAGE) / name
-        checkpoint = train_student(run, cfg, folder, dims, variant, loss_fn, device)
+        checkpoint = train_student(run, cfg, folder, dims, variant.max_steps, variant.lr, loss_fn, device)
         student = load_model(checkpoint).model
         save_variant(student, folder / "model.safetensors", plan.seq_len, variant)
         shutil.rmtree(checkpoint.parent, ignore_errors=True)  # the exported model is the result
@@ -140,6 +141,17 @@ def distill_variant(run: RunDir, cfg: RunConfig, plan: CompressPlan, teacher, va
                      "settings": variant.model_dump() if method == "distill" else {"control_of": variant.name}}
     teacher.to("cpu")
     return out
+
+
+def recover(run: RunDir, cfg: RunConfig, plan: CompressPlan, variant, path: Path, dims, device) -> dict:
+    """The structured variant trained ``recovery_steps`` more steps on the run's data (``<name>-recovered``)."""
+    folder = run.stage_dir(STAGE) / f"{variant.name}-recovered"
+    checkpoint = train_student(run, cfg, folder, dims, variant.recovery_steps, variant.recovery_lr, None, device,
+                               init_from=path)
+    save_variant(load_model(checkpoint).model, folder / "model.safetensors", plan.seq_len, variant)
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)
+    return {"method": "structured+recovery", "path": str((folder / "model.safetensors").relative_to(run.root)),
+            "model": load_model(folder / "model.safetensors").model, "settings": {"recovery_of": variant.name}}
 
 
 def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan, device="cpu") -> dict:
@@ -164,6 +176,8 @@ def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan, device="cpu") 
         models[variant.name] = {"method": variant.method, "path": str(path.relative_to(run.root)), "model": loaded,
                                 "file_bytes": path.stat().st_size, "settings": variant.model_dump()}
         info(f"compress: {variant.name} ({variant.method}) -> {path}")
+        if getattr(variant, "recovery_steps", 0):
+            models[f"{variant.name}-recovered"] = recover(run, cfg, plan, variant, path, loaded.dims, device)
     rows = table_rows(run, cfg, plan, models)
     write_table(rows, folder)
     summary = {"dense": str(plan.dense), "variants": {n: {k: r[k] for k in ("method", "path", "parameters",
