@@ -21,7 +21,7 @@ from lmforge.core.progress import track
 from lmforge.evaluate.report import HEADLINE
 from lmforge.evaluate.stage import validation_figures
 from lmforge.evaluate.task_eval import score_task, summarize
-from lmforge.model.quantized import Int4Linear, Int8Linear
+from lmforge.model.quantized import Int4Linear, Int8Embedding, Int8Linear
 from lmforge.model.generate import generate
 from lmforge.train.validation import window_losses
 
@@ -46,10 +46,16 @@ def weight_figures(model) -> dict:
     params, nonzero, nbytes = 0, 0, 0
     for p in {id(p): p for p in model.parameters()}.values():
         params, nonzero, nbytes = params + p.numel(), nonzero + int(torch.count_nonzero(p)), nbytes + p.numel() * p.element_size()
+    seen = set()
     for module in model.modules():
-        if isinstance(module, (Int8Linear, Int4Linear)):
-            params += module.in_features * module.out_features
-            nonzero += int(torch.count_nonzero(module.dequantized()))
+        if isinstance(module, (Int8Linear, Int4Linear, Int8Embedding)) and id(module.qweight) not in seen:
+            seen.add(id(module.qweight))  # a tied table and head: one tensor
+            if isinstance(module, Int4Linear):
+                params += module.in_features * module.out_features
+                nonzero += int(torch.count_nonzero(module.dequantized()))
+            else:  # int8: a weight is zero exactly when its integer is (the scales are positive)
+                params += module.qweight.numel()
+                nonzero += int(torch.count_nonzero(module.qweight))
             nbytes += sum(b.numel() * b.element_size() for b in module.buffers())
     return {"parameters": params, "nonzero_parameters": nonzero, "weight_bytes": nbytes}
 
