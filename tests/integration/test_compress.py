@@ -20,7 +20,7 @@ VARIANTS = ("compress.variants=[{name: mag50, method: magnitude, sparsity: 0.5},
             "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25, recovery_steps: 4}, "
             "{name: q8, method: int8}]")
 FAST = ["--set", "compress.measure.repeats=2", "--set", "compress.measure.new_tokens=8", "--set",
-        "eval.max_tokens=2048"]
+        "eval.max_tokens=2048", "--set", "compress.measure.memory=false"]
 
 
 def test_variants_and_their_table(trained_base, tmp_path):
@@ -53,6 +53,17 @@ def test_variants_and_their_table(trained_base, tmp_path):
     assert code == 0, err
     after = json.loads((root / "eval" / "results.json").read_text())["after"]["loss"]
     assert abs(after - rows["mlp25"]["val_loss"]) < 1e-6  # the table scores what eval loads
+
+
+def test_peak_memory_is_measured_in_a_fresh_process_per_model(trained_base, tmp_path):
+    root = tmp_path / "run"
+    shutil.copytree(trained_base, root)
+    code, _, err = run_cli("compress", "--run-dir", str(root), "--set", "compress.variants=[{name: q8, method: int8}]",
+                           "--set", "eval.tasks=[]", *FAST, "--set", "compress.measure.memory=true")
+    assert code == 0, err
+    rows = json.loads((root / "compress" / "table.json").read_text())
+    assert all(row["peak_memory_mb"] >= 0 for row in rows.values())
+    assert "| peak MB |" in (root / "compress" / "table.md").read_text()
 
 
 def test_distillation_beside_its_cross_entropy_control(trained_base, tmp_path):

@@ -97,6 +97,8 @@ class MeasureConfig(StrictModel):
     prompt_tokens: int = Field(default=64, ge=1)
     new_tokens: int = Field(default=32, ge=1)
     repeats: int = Field(default=5, ge=1)
+    memory: bool = Field(default=True, description="also the peak memory of generating with each model, each "
+                         "measured in a fresh process")
 
 
 class CompressConfig(StrictModel):

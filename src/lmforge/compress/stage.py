@@ -16,6 +16,7 @@ from lmforge.checkpoint.load import checkpoint_dims, checkpoint_seq_len, load_mo
 from lmforge.compress.calibration import calibration_windows, input_norms
 from lmforge.compress.config import CompressConfig
 from lmforge.compress.distill import check_student, distillation_loss, train_student
+from lmforge.compress.memory import peak_memory_mb
 from lmforge.compress.prune import prune
 from lmforge.compress.structured import kept_channels, prune_mlp
 from lmforge.compress.table import measure, quality, weight_figures, with_ratios, write_table
@@ -209,6 +210,11 @@ def table_rows(run: RunDir, cfg: RunConfig, plan: CompressPlan, models: dict) ->
     bytes_per_token = val.num_bytes / max(1, val.num_tokens)
     torch.manual_seed(cfg.seed)
     measure(models, prompt, cc.measure)
+    if cc.measure.memory:
+        paths = {name: run.root / entry["path"] if name != "dense" else Path(entry["path"])
+                 for name, entry in models.items()}
+        for name, mb in peak_memory_mb(paths, prompt, cc.measure.new_tokens).items():
+            models[name]["peak_memory_mb"] = mb
     rows = {}
     for name, entry in models.items():
         model = entry.pop("model")

@@ -25,8 +25,8 @@ from lmforge.model.quantized import Int4Linear, Int8Embedding, Int8Linear
 from lmforge.model.generate import generate
 from lmforge.train.validation import window_losses
 
-RATIO_OF = ("parameters", "nonzero_parameters", "weight_bytes", "prefill_tokens_per_s", "decode_tokens_per_s",
-            "val_loss", "perplexity")
+RATIO_OF = ("parameters", "nonzero_parameters", "weight_bytes", "peak_memory_mb", "prefill_tokens_per_s",
+            "decode_tokens_per_s", "val_loss", "perplexity")
 
 
 @torch.inference_mode()
@@ -93,9 +93,15 @@ def with_ratios(rows: dict[str, dict]) -> dict[str, dict]:
     return rows
 
 
+def _with_ratio(value, ratio, form: str) -> str:
+    if value is None:
+        return "-"
+    return form.format(value) + ("" if ratio is None else f" ({ratio:.2f}x)")
+
+
 def table_markdown(rows: dict[str, dict]) -> str:
     tasks = sorted({t for r in rows.values() for t in r["tasks"]})
-    head = ["variant", "method", "params", "nonzero", "weights MB", "prefill tok/s", "decode tok/s", "val loss",
+    head = ["variant", "method", "params", "nonzero", "weights MB", "peak MB", "prefill tok/s", "decode tok/s", "val loss",
             "perplexity", "bits/byte", *tasks]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
@@ -103,12 +109,14 @@ def table_markdown(rows: dict[str, dict]) -> str:
         cells = [name, r["method"], f"{r['parameters']:,}",
                  f"{r['nonzero_parameters']:,} ({q['nonzero_parameters']:.2f}x)",
                  f"{r['weight_bytes'] / 1e6:.2f} ({q['weight_bytes']:.2f}x)",
+                 _with_ratio(r.get("peak_memory_mb"), q.get("peak_memory_mb"), "{:.1f}"),
                  f"{r['prefill_tokens_per_s']:.0f} ({q['prefill_tokens_per_s']:.2f}x)",
                  f"{r['decode_tokens_per_s']:.0f} ({q['decode_tokens_per_s']:.2f}x)",
                  f"{r['val_loss']:.4f}", f"{r['perplexity']:.2f} ({q['perplexity']:.3f}x)", f"{r['bits_per_byte']:.4f}",
                  *(f"{r['tasks'][t]:.4f}" if t in r["tasks"] else "-" for t in tasks)]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nRatios are to the dense model. Speed: batch 1, medians of interleaved runs.\n"
+    return "\n".join(lines) + ("\n\nRatios are to the dense model. Speed: batch 1, medians of interleaved runs. Peak "
+                                "MB: what generating with the model adds to a bare process's peak RSS.\n")
 
 
 def write_plot(rows: dict[str, dict], path: Path) -> None:
