@@ -4,7 +4,7 @@
 - task arithmetic (Ilharco et al. 2023): ``base + scale * sum_i w_i * (theta_i - base)``.
 - TIES (Yadav et al. 2023): trim each delta to its ``density`` share of largest magnitudes, elect each entry's
   sign by the sum of the trimmed deltas, average the deltas that agree with it (disjoint mean), add
-  ``scale`` times that to the base.
+  ``scale`` times that to the base. In place and in chunks: about one tensor per input, the base and the output.
 - DARE (Yu et al. 2024): drop each delta entry with probability ``p = 1 - density`` and rescale the rest by
   ``1 / (1 - p)``; then task arithmetic (dare_linear) or TIES' sign election and disjoint mean (dare_ties).
 - SLERP: spherical interpolation of two flattened tensors by ``t`` (linear when they are nearly parallel).
@@ -41,31 +41,71 @@ def task_arithmetic(base: torch.Tensor, tensors: list[torch.Tensor], weights: li
     return base + scale * delta
 
 
+CHUNK = 1 << 20  # elements per step of the element-wise passes: their temporaries stay this small
+
+
+def kth_largest_magnitude_bits(delta: torch.Tensor, k: int) -> int:
+    """The float32 bit pattern of the ``k``-th largest |entry| of ``delta``, exactly, with no copy of the tensor:
+    non-negative floats order as their bit patterns, so a binary search over those (31 passes, each counting in
+    chunks) finds it. (A sort, kthvalue or topk would copy the whole tensor, and TIES holds several.)"""
+    flat = delta.reshape(-1)
+    lo, hi = 0, 0x7F800000  # +0.0 .. +inf
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        count = sum(int((flat[i:i + CHUNK].abs().view(torch.int32) >= mid).sum()) for i in range(0, flat.numel(), CHUNK))
+        lo, hi = (mid, hi) if count >= k else (lo, mid - 1)
+    return lo
+
+
+def trim_(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """``delta`` with every entry below its ``density`` share of largest magnitudes set to zero, in place (the
+    entries at the threshold magnitude are all kept)."""
+    n = delta.numel()
+    k = max(1, math.ceil(density * n))
+    if k >= n:
+        return delta
+    bits = kth_largest_magnitude_bits(delta, k)
+    flat = delta.reshape(-1)
+    for i in range(0, n, CHUNK):
+        part = flat[i:i + CHUNK]
+        part.masked_fill_(part.abs().view(torch.int32) < bits, 0.0)
+    return delta
+
+
 def trim(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """``delta`` with all but its ``density`` share of largest-magnitude entries set to zero (ties keep the
-    first in ``torch.topk``'s order)."""
-    k = max(1, math.ceil(density * delta.numel())) if density < 1 else delta.numel()
-    if k >= delta.numel():
-        return delta.clone()
-    flat = delta.flatten()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[flat.abs().topk(k).indices] = True
-    return torch.where(keep, flat, torch.zeros_like(flat)).view_as(delta)
+    return trim_(delta.clone(), density)
+
+
+def disjoint_mean_(deltas: list[torch.Tensor], weights: list[float], out: torch.Tensor) -> torch.Tensor:
+    """Into ``out``: sign election by the sum of the (weighted) deltas, then the mean of the entries that agree
+    with it; chunk by chunk, so the temporaries are chunk-sized (``deltas`` are weighted in place)."""
+    for d, w in zip(deltas, weights):
+        if w != 1:
+            d.mul_(w)
+    flats, result = [d.reshape(-1) for d in deltas], out.reshape(-1)
+    for i in range(0, result.numel(), CHUNK):
+        parts = [f[i:i + CHUNK] for f in flats]
+        sign = torch.sign(sum(parts))
+        total, count = torch.zeros_like(sign), torch.zeros_like(sign)
+        for part in parts:
+            agree = (torch.sign(part) == sign) & (part != 0)
+            total += torch.where(agree, part, 0.0)
+            count += agree
+        result[i:i + CHUNK] = torch.where(count > 0, total / count.clamp(min=1), 0.0)
+    return out
 
 
 def disjoint_mean(deltas: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
-    """Sign election by the sum of the (weighted) deltas, then the mean of the entries that agree with it."""
-    stacked = torch.stack([d * w for d, w in zip(deltas, weights)])  # (N, ...)
-    sign = torch.sign(stacked.sum(0))
-    agree = (torch.sign(stacked) == sign) & (stacked != 0)
-    count = agree.sum(0)
-    total = torch.where(agree, stacked, torch.zeros_like(stacked)).sum(0)
-    return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    return disjoint_mean_([d.clone() for d in deltas], weights, torch.empty_like(deltas[0]))
 
 
 def ties(base: torch.Tensor, tensors: list[torch.Tensor], weights: list[float], scale: float,
-         density: float) -> torch.Tensor:
-    return base + scale * disjoint_mean([trim(t - base, density) for t in tensors], weights)
+         density: float, inplace: bool = False) -> torch.Tensor:
+    """TIES; with ``inplace`` the input tensors become their trimmed deltas (the stage's, read for this merge
+    alone: no copy of them is made)."""
+    deltas = [trim_((t if inplace else t.clone()).sub_(base), density) for t in tensors]
+    out = disjoint_mean_(deltas, weights, torch.empty_like(base))
+    return out.mul_(scale).add_(base)
 
 
 def dare(delta: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
@@ -83,7 +123,7 @@ def dare_linear(base, tensors, weights, scale, density, generators) -> torch.Ten
 
 def dare_ties(base, tensors, weights, scale, density, generators) -> torch.Tensor:
     deltas = [dare(t - base, density, g) for t, g in zip(tensors, generators)]
-    return base + scale * disjoint_mean(deltas, weights)
+    return disjoint_mean_(deltas, weights, torch.empty_like(base)).mul_(scale).add_(base)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:

@@ -99,7 +99,7 @@ def merged_tensor(mc: MergeConfig, plan: MergePlan, inputs: list[WeightSource], 
     if mc.method == "task_arithmetic":
         return methods.task_arithmetic(base, tensors, weights, mc.scale)
     if mc.method == "ties":
-        return methods.ties(base, tensors, weights, mc.scale, mc.density)
+        return methods.ties(base, tensors, weights, mc.scale, mc.density, inplace=True)  # read for this merge alone
     generators = [torch.Generator().manual_seed(_seed(mc.seed, index, i)) for i in range(len(tensors))]
     merge = methods.dare_linear if mc.method == "dare_linear" else methods.dare_ties
     return merge(base, tensors, weights, mc.scale, mc.density, generators)
