@@ -71,7 +71,7 @@ from pathlib import Path
 
 import yaml
 
-BENCH = Path(__file__).resolve()
+BENCH = Path(__file__).absolute()
 MODEL = dict(size="tiny", d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_hidden=344, context_length=128)
 MEMORY_MODEL = dict(size="small", d_model=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_hidden=1376,
                     context_length=128)
@@ -135,12 +135,22 @@ def child_env(args) -> dict:
     return dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
 
 
+def run_process(argv: list[str], args, log: Path, attempts: int = 3) -> subprocess.CompletedProcess:
+    """``argv`` with its output appended to ``log``; started again (from scratch: the runs are deterministic)
+    if something outside killed it by a signal, as happens on a machine shared with other jobs."""
+    for attempt in range(attempts):
+        with open(log, "a") as out:
+            done = subprocess.run(argv, env=child_env(args), stdout=out, stderr=subprocess.STDOUT)
+        if done.returncode >= 0 or attempt == attempts - 1:
+            return done
+        print(f"  (a run was killed by signal {-done.returncode} from outside; starting it again)", flush=True)
+    return done
+
+
 def run_cli(argv: list[str], args, log: Path) -> float:
     """``lmforge ARGV`` in a fresh process (as a user runs it); returns its wall seconds."""
     start = time.perf_counter()
-    with open(log, "a") as out:
-        done = subprocess.run([sys.executable, "-m", "lmforge", *argv], env=child_env(args), stdout=out,
-                              stderr=subprocess.STDOUT)
+    done = run_process([sys.executable, "-m", "lmforge", *argv], args, log)
     if done.returncode:
         raise SystemExit(f"lmforge {' '.join(argv)} failed (exit {done.returncode}); see {log}:\n"
                          + log.read_text()[-3000:])
@@ -183,8 +193,7 @@ def scratch_job(run: Path, out: Path, args, seed: int, lr: float, base: Path) ->
     start = time.perf_counter()
     argv = [sys.executable, str(BENCH), "--worker", "scratch", "--run-dir", str(run), "--out", str(out),
             *sets(dict(domain_overrides(args, seed, "full", lr), **{"finetune.base": base}))]
-    with open(out / "log.txt", "a") as log:
-        done = subprocess.run(argv, env=child_env(args), stdout=log, stderr=subprocess.STDOUT)
+    done = run_process(argv, args, out / "log.txt")
     if done.returncode:
         raise SystemExit(f"scratch run failed; see {out / 'log.txt'}:\n" + (out / "log.txt").read_text()[-3000:])
     return {"evals": read_evals(out / "metrics.jsonl"), "summary": json.loads((out / "summary.json").read_text()),
@@ -318,11 +327,12 @@ def memory_job(run: Path, out: Path, args, mode: str, base: Path | None, extra: 
         overrides["finetune.base"] = base
     argv = [sys.executable, str(BENCH), "--worker", "memory", "--run-dir", str(run), *sets(overrides)]
     start = time.perf_counter()
-    done = subprocess.run(argv, env=child_env(args), capture_output=True, text=True)
-    (out / "log.txt").write_text(done.stdout + done.stderr)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("MEMORY ")]
+    log = out / "log.txt"
+    log.unlink(missing_ok=True)
+    done = run_process(argv, args, log)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("MEMORY ")]
     if done.returncode or not lines:
-        raise SystemExit(f"memory run ({mode}) failed; see {out / 'log.txt'}:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"memory run ({mode}) failed; see {log}:\n{log.read_text()[-3000:]}")
     return dict(json.loads(lines[-1][len("MEMORY "):]), wall_s=time.perf_counter() - start)
 
 

@@ -23,7 +23,7 @@ windows, and the share of the fine-tuning gains a model keeps: for part p, (L_ba
 (the analogue of the "normalized accuracy" of the merging literature).
 
     OMP_NUM_THREADS=1 python bench/merge_experiment.py [--pretrain-steps 800] [--finetune-steps 200] \\
-        [--json bench/out/merge_experiment.json] [--keep DIR]
+        [--json bench/out/merge_experiment.json] [--keep DIR [--resume]]
     OMP_NUM_THREADS=1 python bench/merge_experiment.py --quick     # a smoke run in a few minutes
 
 Losses are deterministic for a seed (single-threaded CPU kernels); timing is not a figure here. The two
@@ -169,14 +169,22 @@ def child_env(args) -> dict:
     return dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
 
 
-def lmforge(argv: list[str], args, log: Path) -> float:
-    """``lmforge ARGV`` in a fresh process (as a user runs it); returns its wall seconds."""
+def lmforge(argv: list[str], args, log: Path, retry: list[str] | None = None, attempts: int = 3) -> float:
+    """``lmforge ARGV`` in a fresh process (as a user runs it); returns its wall seconds. Started again (with
+    ``retry`` added: the runs are deterministic) when something outside killed it by a signal, as happens on a
+    machine shared with other jobs."""
     start = time.perf_counter()
-    with open(log, "a") as out:
-        out.write(f"\n$ lmforge {' '.join(argv)}\n")
-        out.flush()
-        done = subprocess.run([sys.executable, "-m", "lmforge", *argv], env=child_env(args), stdout=out,
-                              stderr=subprocess.STDOUT)
+    for attempt in range(attempts):
+        command = argv + (retry or [] if attempt else [])
+        with open(log, "a") as out:
+            out.write(f"\n$ lmforge {' '.join(command)}\n")
+            out.flush()
+            done = subprocess.run([sys.executable, "-m", "lmforge", *command], env=child_env(args), stdout=out,
+                                  stderr=subprocess.STDOUT)
+        if done.returncode >= 0:
+            break
+        print(f"  (lmforge {argv[0]} was killed by signal {-done.returncode} from outside; starting it again)",
+              flush=True)
     if done.returncode:
         raise SystemExit(f"lmforge {' '.join(argv)} failed (exit {done.returncode}); see {log}:\n"
                          + log.read_text()[-3000:])
@@ -185,20 +193,27 @@ def lmforge(argv: list[str], args, log: Path) -> float:
 
 def finetune(part: str, folder: Path, run: Path, base: Path, args) -> dict:
     """Fine-tune ``base`` on ``part`` in its own copy of the run directory; returns where its model and
-    validation tokens were kept and its summary."""
-    ft_run = folder / f"run-{part}"
-    shutil.copytree(run, ft_run, ignore=shutil.ignore_patterns("finetune", "merge"))
-    source = json.dumps([{"kind": "files", "path": str(folder / part), "pattern": "**/*.py"}])
-    seconds = lmforge(["finetune", str(folder / "recipe.yaml"), "--run-dir", str(ft_run), "--quiet",
-                       "--base", str(ft_run / base.relative_to(run)), "--set", f"finetune.sources={source}"],
-                      args, folder / f"finetune-{part}.log")
+    validation tokens were kept (``folder/finetuned/<part>``, reused with ``--resume``) and its summary."""
+    kept = folder / "finetuned" / part
     model = run / "models" / f"finetuned-{part}.safetensors"
-    shutil.copyfile(ft_run / "finetune" / "model.safetensors", model)
-    val = folder / "val" / part
-    shutil.copytree(ft_run / "finetune" / "tokens" / "val", val)
-    summary = json.loads((ft_run / "finetune" / "summary.json").read_text())
-    shutil.rmtree(ft_run)  # the copy's checkpoints are not needed any more
-    return {"model": model, "val": val, "seconds": seconds, "summary": summary}
+    if not (args.resume and (kept / "summary.json").is_file()):
+        shutil.rmtree(kept, ignore_errors=True)
+        ft_run = folder / f"run-{part}"
+        shutil.rmtree(ft_run, ignore_errors=True)
+        shutil.copytree(run, ft_run, ignore=shutil.ignore_patterns("finetune", "merge", "models"))
+        source = json.dumps([{"kind": "files", "path": str(folder / part), "pattern": "**/*.py"}])
+        seconds = lmforge(["finetune", str(folder / "recipe.yaml"), "--run-dir", str(ft_run), "--quiet",
+                           "--base", str(ft_run / base.relative_to(run)), "--set", f"finetune.sources={source}"],
+                          args, folder / f"finetune-{part}.log", retry=["--redo"])
+        kept.mkdir(parents=True)
+        shutil.copyfile(ft_run / "finetune" / "model.safetensors", kept / "model.safetensors")
+        shutil.copytree(ft_run / "finetune" / "tokens" / "val", kept / "val")
+        summary = json.loads((ft_run / "finetune" / "summary.json").read_text())
+        (kept / "summary.json").write_text(json.dumps({**summary, "seconds": seconds}))
+        shutil.rmtree(ft_run)  # the copy's checkpoints are not needed any more
+    summary = json.loads((kept / "summary.json").read_text())
+    shutil.copyfile(kept / "model.safetensors", model)
+    return {"model": model, "val": kept / "val", "seconds": summary.pop("seconds"), "summary": summary}
 
 
 def merge(label: str, method: str, settings: dict, inputs: list[Path], base: Path, folder: Path, runs: queue.Queue,
@@ -283,11 +298,20 @@ def score_all(models: dict[str, object], vals: dict[str, Path], seq_len: int, jo
     import multiprocessing
 
     out = {}
-    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(score_one, what, vals, seq_len, max_windows) for name, what in models.items()}
-        for name, future in futures.items():
-            out[name] = future.result()
-            print(f"  scored {name}: " + ", ".join(f"{v} {r['loss']:.4f}" for v, r in out[name].items()), flush=True)
+    for attempt in range(3):  # a worker killed from outside breaks the pool: the rest are scored again
+        try:
+            with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {name: pool.submit(score_one, what, vals, seq_len, max_windows)
+                           for name, what in models.items() if name not in out}
+                for name, future in futures.items():
+                    out[name] = future.result()
+                    print(f"  scored {name}: " + ", ".join(f"{v} {r['loss']:.4f}" for v, r in out[name].items()),
+                          flush=True)
+            break
+        except concurrent.futures.process.BrokenProcessPool:
+            if attempt == 2:
+                raise
+            print("  (a scoring process was killed from outside; scoring the rest again)", flush=True)
     return out
 
 
@@ -364,6 +388,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: few steps")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true", help="with --keep: reuse a finished pretraining run and "
+                        "finished fine-tunes there (same recipe); merges and scores are made again")
     args = parser.parse_args()
     if args.quick:
         args.pretrain_steps, args.finetune_steps, args.dare_seeds = 60, 30, [0]
@@ -372,17 +398,27 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="merge-experiment-")) if args.keep is None else args.keep
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        corpora = build_corpora(folder)
-        print(f"corpora: {json.dumps({k: v for k, v in corpora.items() if k != 'same_text_dropped'})}", flush=True)
-        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe(folder, args), sort_keys=False))
         run = folder / "run"
-        timings = {}
-        timings["data"] = lmforge(["data", str(folder / "recipe.yaml"), "--run-dir", str(run), "--quiet"], args,
-                                  folder / "pretrain.log")
-        timings["train"] = lmforge(["train", str(folder / "recipe.yaml"), "--run-dir", str(run), "--quiet"], args,
-                                   folder / "pretrain.log")
-        print(f"pretrained: data {timings['data']:.0f} s, train {timings['train']:.0f} s", flush=True)
         base = RunDir(run).checkpoints / f"step_{args.pretrain_steps:08d}"
+        pretrained = folder / "pretrained.json"  # corpora, recipe and timings of a finished pretraining
+        if args.resume and pretrained.is_file() and base.is_dir() \
+                and json.loads(pretrained.read_text())["recipe"] == recipe(folder, args):
+            corpora, timings = (json.loads(pretrained.read_text())[k] for k in ("corpora", "timings"))
+            print(f"reusing the pretraining run in {folder}", flush=True)
+            shutil.rmtree(run / "models", ignore_errors=True)
+            for stale in folder.glob("run-merge-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        else:
+            corpora = build_corpora(folder)
+            (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe(folder, args), sort_keys=False))
+            timings = {}
+            timings["data"] = lmforge(["data", str(folder / "recipe.yaml"), "--run-dir", str(run), "--quiet"], args,
+                                      folder / "pretrain.log")
+            timings["train"] = lmforge(["train", str(folder / "recipe.yaml"), "--run-dir", str(run), "--quiet"], args,
+                                       folder / "pretrain.log")
+            pretrained.write_text(json.dumps({"recipe": recipe(folder, args), "corpora": corpora, "timings": timings}))
+        print(f"corpora: {json.dumps({k: v for k, v in corpora.items() if k != 'same_text_dropped'})}", flush=True)
+        print(f"pretrained: data {timings['data']:.0f} s, train {timings['train']:.0f} s", flush=True)
         assert base.is_dir(), f"{base}: no such checkpoint"
         (run / "models").mkdir()  # every model kept here, in the run directory (whose tokenizer it reads)
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:

@@ -10,7 +10,8 @@ small byte-level BPE, the same file for every model, which is all ``lmforge merg
 Measured, each in a fresh process and ``--repeats`` times (medians quoted):
 
 - ``lmforge merge`` (``python -m lmforge merge debug --run-dir RUN --input A --input B --input C --method M
-  --set merge.evaluate=false``) with ``linear`` and with ``ties`` (``merge.base``, density 0.5);
+  --set merge.evaluate=false``) with ``linear`` and with ``ties`` (``merge.base``, density 0.5), and (``--extra``,
+  lmforge only) ``task_arithmetic`` and ``dare_ties`` (density 0.5);
 - the peer: a plain script that loads every model whole (``safetensors.torch.load_file``, what a naive merge
   script or a merge tool without lazy loading does), merges the state dicts tensor by tensor with the same
   formulas (``lmforge.merge.methods``: so only the loading strategy differs) and saves the result with
@@ -117,52 +118,43 @@ def compare(ours: Path, theirs: Path) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in b)
 
 
-def _vm(key: str) -> int:
-    """``VmRSS`` / ``VmHWM`` of this process, bytes."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM to the current RSS (Linux)
-        f.write("5")
-
-
 def largest_tensor(paths: list[Path]) -> dict:
     """Where a streamed merge's peak comes from (``--where``): the merge formulas on the largest tensor alone
-    (the tied embedding), read as ``lmforge merge`` reads it (safetensors maps the file: a tensor's pages become
-    resident when first read); each figure is the rise of this process's peak RSS over its RSS before the step
-    (after the inputs were read), in copies of that tensor."""
-    import gc
-
+    (the tied embedding), read as ``lmforge merge`` reads it; each figure is the peak of live tensor bytes the
+    step allocates on top of its inputs (``lmforge.train.measure.LiveTensorBytes``: every storage an op returns,
+    not a kernel's internal scratch), in copies of that tensor. Deterministic, unlike RSS deltas in one process
+    (freed pages kept by the allocator, file pages of the mapped inputs)."""
     import torch
 
     from lmforge.merge import methods
     from lmforge.merge.stream import WeightSource
+    from lmforge.train.measure import LiveTensorBytes
 
     sources = [WeightSource(p, str(p)) for p in paths]
     name = max(sources[0]._index, key=lambda n: sources[0].tensor(n).numel())
     *inputs, base = [s.tensor(name) for s in sources]
     one = 4 * base.numel()
     out = {"tensor": name, "shape": list(base.shape), "bytes": one}
-    gc.collect()
-    _reset_peak()
-    before = _vm("VmRSS")
-    float(sum(t.sum() for t in [*inputs, base]))  # the lazily mapped file pages, read once
-    out["reading the 3 inputs and the base"] = (_vm("VmHWM") - before) / one
+    n = len(inputs)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(n)]  # noqa: E731
     steps = {
-        "linear (3 inputs)": lambda: methods.linear(inputs, [1.0] * len(inputs)),
-        "task_arithmetic (3 inputs + base)": lambda: methods.task_arithmetic(base, inputs, [1.0] * len(inputs), 1.0),
-        "ties: one trim (density 0.5) of one delta": lambda: methods.trim(inputs[0] - base, 0.5),
-        "ties (3 inputs + base, density 0.5)": lambda: methods.ties(base, inputs, [1.0] * len(inputs), 1.0, 0.5),
+        f"linear ({n} inputs)": lambda: methods.linear(inputs, [1.0] * n),
+        f"task_arithmetic ({n} inputs + base)": lambda: methods.task_arithmetic(base, inputs, [1.0] * n, 1.0),
+        f"ties ({n} inputs + base, density 0.5), in place on its inputs as lmforge merge runs it":
+            lambda: methods.ties(base, copies, [1.0] * n, 1.0, 0.5, inplace=True),
+        f"dare_ties ({n} inputs + base, density 0.5)": lambda: methods.dare_ties(base, inputs, [1.0] * n, 1.0, 0.5,
+                                                                                gens()),
     }
     for label, step in steps.items():
-        gc.collect()
-        _reset_peak()
-        before = _vm("VmRSS")
-        result = step()
-        out[label] = (_vm("VmHWM") - before) / one
-        del result
+        copies = [t.clone() for t in inputs]  # for the in-place step: its inputs, read for it alone
+        with LiveTensorBytes() as counter:
+            for t in [*inputs, base, *copies]:  # already there: an in-place op returning one allocates nothing
+                counter.track(t)
+            start = counter.live
+            result = step()
+            del result
+        out[label] = (counter.peak - start) / one
+        del copies
     return out
 
 
@@ -192,6 +184,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--vocab", type=int, default=50257)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--extra", nargs="*", default=["task_arithmetic", "dare_ties"],
+                        choices=["task_arithmetic", "dare_linear", "dare_ties"],
+                        help="task methods also measured (lmforge only, against the target)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # child: make the models in this run folder
@@ -240,6 +235,8 @@ def main() -> None:
             "lmforge merge ties": cli + ["--method", "ties", "--set", f"merge.base={base}", "--set", "merge.density=0.5"],
             "peer ties (whole models)": [py, str(peer_script), "ties", str(folder / "peer.safetensors"),
                                          *map(str, inputs), str(base)],
+            **{f"lmforge merge {m}": cli + ["--method", m, "--set", f"merge.base={base}", "--set", "merge.density=0.5"]
+               for m in args.extra},
         }
         results: dict[str, list[tuple[int, float]]] = {name: [] for name in contenders}
         for r in range(args.repeats):  # rounds interleave the contenders
@@ -273,11 +270,18 @@ def main() -> None:
                 ratio = f"{peer_x / ours_x:.2f}x" if name == peer_name else ""
                 print(f"| {method} | {name} | {med[name] / 2**20:,.0f} MiB | {x / 2**20:,.0f} MiB | "
                       f"{x / model_bytes:.2f} | {met} | {secs[name]:.0f} s | {ratio} |")
+        for method in args.extra:  # no peer: the other methods of lmforge merge, against the target only
+            name = f"lmforge merge {method}"
+            x = med[name] - base_rss
+            table[method] = {"lmforge_bytes": x, "lmforge_models": x / model_bytes, "target_met": x < 2 * model_bytes}
+            print(f"| {method} | {name} | {med[name] / 2**20:,.0f} MiB | {x / 2**20:,.0f} MiB | {x / model_bytes:.2f} | "
+                  f"{'yes' if x < 2 * model_bytes else '**no**'} | {secs[name]:.0f} s | |")
         print(f"\nlargest difference between lmforge's TIES output and the peer's: {worst:.2e}")
         where = json.loads(child([sys.executable, __file__, "--where", *map(str, paths)], env))
         print(f"\nWhere the peak comes from: the formulas on the largest tensor alone ({where['tensor']}, "
-              f"{where['shape']}, {where['bytes'] / 2**20:.0f} MiB), read from the files as lmforge merge reads it; "
-              "rise of the peak RSS over the RSS before the step (the inputs already read), in copies of that tensor:")
+              f"{where['shape']}, {where['bytes'] / 2**20:.0f} MiB), read as lmforge merge reads it: peak live tensor "
+              "bytes allocated by the step on top of its inputs, in copies of that tensor (the streamed merge "
+              "also holds the inputs: 3 + base):")
         for label, copies in where.items():
             if label not in ("tensor", "shape", "bytes"):
                 print(f"  {label}: {copies:.1f}")
