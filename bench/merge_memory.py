@@ -26,7 +26,7 @@ its heap). The figure is that minus the baseline's, against the target: under tw
 mark of the image it replaces), so the measuring process stays small: it imports no torch, and the models
 are made and the outputs compared in child processes of their own.
 
-    python bench/merge_memory.py [--repeats 3] [--vocab 50257] [--json bench/out/merge_memory.json] [--keep DIR]
+    python bench/merge_memory.py [--repeats 3] [--vocab 50257] [--json bench/out/merge_memory.json] [--keep DIR [--resume]]
 """
 
 from __future__ import annotations
@@ -165,15 +165,19 @@ def child(argv: list[str], env: dict) -> str:
     return done.stdout
 
 
-def measure(argv: list[str], env: dict) -> tuple[int, float]:
+def measure(argv: list[str], env: dict, attempts: int = 3) -> tuple[int, float]:
     """(peak RSS in bytes, wall seconds) of ``argv`` run as a child process (``os.wait4``'s ``ru_maxrss``, KiB on
-    Linux)."""
-    start = time.perf_counter()
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - start
+    Linux); started again when something outside killed it by a signal (a machine shared with other jobs)."""
+    for attempt in range(attempts):
+        start = time.perf_counter()
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        err = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        if child.returncode >= 0:
+            break
+        print(f"  (killed by signal {-child.returncode} from outside; measuring it again)", flush=True)
     if child.returncode:
         raise SystemExit(f"{' '.join(argv)} failed (exit {child.returncode}):\n{err.decode()[-3000:]}")
     return usage.ru_maxrss * 1024, seconds
@@ -189,6 +193,8 @@ def main() -> None:
                         help="task methods also measured (lmforge only, against the target)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (default: a temporary one)")
+    parser.add_argument("--resume", action="store_true", help="with --keep: reuse the measurements made there "
+                        "(measurements.jsonl) by an interrupted run of the same command")
     parser.add_argument("--make", type=Path, help=argparse.SUPPRESS)  # child: make the models in this run folder
     parser.add_argument("--compare", type=Path, nargs=2, help=argparse.SUPPRESS)  # child: compare two outputs
     parser.add_argument("--where", type=Path, nargs="+", help=argparse.SUPPRESS)  # child: the largest tensor's peaks
@@ -239,11 +245,27 @@ def main() -> None:
                for m in args.extra},
         }
         results: dict[str, list[tuple[int, float]]] = {name: [] for name in contenders}
+        log = folder / "measurements.jsonl"  # each measurement as it is made (--resume reads them back)
+        done = {}
+        if args.resume and log.is_file():
+            for line in log.read_text().splitlines():
+                m = json.loads(line)
+                done[(m["round"], m["name"])] = (m["rss"], m["seconds"])
+        elif log.is_file():
+            log.unlink()
         for r in range(args.repeats):  # rounds interleave the contenders
             for name, argv in contenders.items():
-                results[name].append(measure(argv, env))
+                if (r, name) in done:
+                    results[name].append(done[(r, name)])
+                    note = " (measured earlier: --resume)"
+                else:
+                    results[name].append(measure(argv, env))
+                    with open(log, "a") as f:
+                        f.write(json.dumps({"round": r, "name": name, "rss": results[name][-1][0],
+                                            "seconds": results[name][-1][1]}) + "\n")
+                    note = ""
                 rss, sec = results[name][-1]
-                print(f"  round {r + 1}: {name}: peak RSS {rss / 2**20:,.0f} MiB, {sec:.1f} s", flush=True)
+                print(f"  round {r + 1}: {name}: peak RSS {rss / 2**20:,.0f} MiB, {sec:.1f} s{note}", flush=True)
         # the two outputs agree (same formulas): a check that the peer did the same work
         worst = json.loads(child([sys.executable, __file__, "--compare", str(run / "merge" / "model.safetensors"),
                                   str(folder / "peer.safetensors")], env))

@@ -119,9 +119,10 @@ COMPILE = ["--set", "train.max_steps=10", "--set", "train.eval_every=0", "--set"
 
 
 # largest per-step relative gap compiled vs eager over 10 steps, measured on CPU (torch 2.13): fp32 2.5e-7
-# (9 of 10 steps bit-identical; BENCHMARKS.md: 9.5e-7 over 11 steps), bf16 1.9e-5. With the compiled RMSNorm's
-# eps 9e-6 instead of 1e-5 the fp32 gap is 3.7e-5.
-@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 3e-5)])
+# (9 of 10 steps bit-identical; BENCHMARKS.md: 9.5e-7 over 11 steps), bf16 1.9e-5 here and 3.6e-5 on the 2-core CI
+# machine (its fused bf16 reductions split differently), so bf16 gets 1e-4. With the compiled RMSNorm's eps 9e-6
+# instead of 1e-5 the fp32 gap is 3.7e-5.
+@pytest.mark.parametrize("precision, tolerance", [("fp32", 1e-5), ("bf16", 1e-4)])
 def test_compile_and_checkpointing_match_eager_losses(data_run, tmp_path, precision, tolerance):
     """fp32: compiled blocks around the eager chunked loss; bf16: the compiled plain loss (Decoder.head)."""
     options = [*COMPILE, "--set", f"train.precision={precision}"]
