@@ -9,7 +9,7 @@ run: $(STAMP)
 	$(VENV)/bin/lmforge run
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=25
 
 setup: $(STAMP)
 
