@@ -17,7 +17,7 @@ from lmforge.compress.calibration import block_linears
 pytestmark = pytest.mark.integration
 
 VARIANTS = ("compress.variants=[{name: mag50, method: magnitude, sparsity: 0.5}, {name: wanda50, method: wanda, "
-            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25, recovery_steps: 4}, "
+            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25, head_fraction: 0.5, recovery_steps: 4}, "
             "{name: q8, method: int8}]")
 FAST = ["--set", "compress.measure.repeats=2", "--set", "compress.measure.new_tokens=8", "--set",
         "eval.max_tokens=2048", "--set", "compress.measure.memory=false"]
@@ -44,6 +44,7 @@ def test_variants_and_their_table(trained_base, tmp_path):
         assert rows[name]["parameters"] == rows["dense"]["parameters"] > rows[name]["nonzero_parameters"]
     small = load_model(root / rows["mlp25"]["path"]).model
     assert small.dims.ffn_hidden == 129 and rows["mlp25"]["parameters"] < rows["dense"]["parameters"]
+    assert (small.dims.n_heads, small.dims.n_kv_heads, small.dims.head_dim) == (2, 2, 16)  # one of each group's two
     assert all((root / "compress" / f).is_file() for f in ("table.md", "table.png", "summary.json"))
     q8 = rows["q8"]  # int8: the same parameters in about a quarter of the bytes (the embeddings stay fp32)
     assert q8["parameters"] == rows["dense"]["parameters"] and q8["weight_bytes"] < 0.5 * rows["dense"]["weight_bytes"]
@@ -98,6 +99,11 @@ def test_distillation_beside_its_cross_entropy_control(trained_base, tmp_path):
      "error: compress.variants[0] (q4): group size 32 does not divide the input dimension 172 (ffn_hidden (down input))"),
     ("[{name: q4, method: int4, group_size: 48}]",
      "error: recipe RUN/recipe.yaml: compress.variants.0.int4.group_size: Input should be 32, 64, 128 or 256 (got 48)"),
+    ("[{name: s, method: structured, head_fraction: 0.2}]",
+     "error: compress.variants[0] (s): head_fraction 0.2 removes no query head of a group of 2"),
+    ("[{name: s, method: structured}]",
+     "error: recipe RUN/recipe.yaml: compress.variants.0.structured: set mlp_fraction and / or "
+     "head_fraction: the share of MLP channels / attention heads to remove"),
     ("[]", "error: compress.variants: no variant to make (e.g. [{name: wanda50, method: wanda, sparsity: 0.5}])"),
 ])
 def test_bad_variants_are_one_line_and_write_nothing(trained_base, tmp_path, variants, line):

@@ -71,8 +71,12 @@ def export_hf(checkpoint: Path, output: Path) -> dict:
     if loaded.tokenizer_path is None:
         raise LmforgeError(f"export --format hf: {checkpoint} has no tokenizer (it lies in no run directory); "
                            "export a checkpoint of a run")
-    tokenizer = load_hf_tokenizer(loaded.tokenizer_path)  # as saved (lmforge's loader sets encode_special_tokens)
     dims = loaded.model.dims
+    if dims.d_model % dims.n_heads:  # LlamaConfig refuses it, whatever head_dim says
+        raise LmforgeError(f"export --format hf: {checkpoint} has {dims.n_heads} heads (of {dims.head_dim}) in a "
+                           f"{dims.d_model}-wide model; transformers' LlamaConfig needs a head count that divides "
+                           "the width (remove heads down to a divisor, or export lmforge's own format)")
+    tokenizer = load_hf_tokenizer(loaded.tokenizer_path)  # as saved (lmforge's loader sets encode_special_tokens)
     weights = {name: t.detach().contiguous().clone() for name, t in to_hf_state_dict(loaded.model.state_dict(), dims).items()
                if not (dims.tie_embeddings and name == "lm_head.weight")}
     token_ids = _token_ids(loaded, tokenizer)

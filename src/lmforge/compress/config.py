@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lmforge.core.config import StrictModel
 
@@ -35,14 +35,24 @@ class TwoFourVariant(StrictModel):
 
 
 class StructuredVariant(StrictModel):
-    """Structured: the least important share of every block's MLP channels removed (importance: the channel's
-    activation norm over the calibration tokens times its down-projection column's norm): a smaller dense model."""
+    """Structured: the least important share of every block's MLP channels and / or attention heads removed
+    (importance: the part's activation norm over the calibration tokens times its columns' norm in the projection
+    it feeds): a smaller dense model (``compress.structured``)."""
     name: str = NAME
     method: Literal["structured"]
-    mlp_fraction: float = Field(gt=0, lt=1, description="share of the MLP channels removed in every block")
+    mlp_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of the MLP channels removed in every block")
+    head_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of the attention heads removed in every "
+                                 "block: query heads within each grouped-query group, or whole groups of one")
     recovery_steps: int = Field(default=0, ge=0, description="then train the smaller model this many steps on the "
                                 "run's data (a <name>-recovered variant beside it); 0: no recovery")
     recovery_lr: float | None = Field(default=None, gt=0, description="default: train.lr")
+
+    @model_validator(mode="after")
+    def _removes_something(self):
+        if not self.mlp_fraction and not self.head_fraction:
+            raise ValueError("set mlp_fraction and / or head_fraction: the share of MLP channels / attention heads "
+                             "to remove")
+        return self
 
 
 class Int8Variant(StrictModel):

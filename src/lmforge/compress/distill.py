@@ -32,8 +32,7 @@ def student_dims(teacher: ModelDims, variant) -> ModelDims:
         overrides["n_kv_heads"] = min(teacher.n_kv_heads, overrides["n_heads"])
     dims = dataclasses.replace(teacher, **overrides)
     try:  # the same shape rules as a recipe's model: section
-        ModelConfig(size="debug", **{k: getattr(dims, k) for k in ("d_model", "n_layers", "n_heads", "n_kv_heads",
-                                                                     "ffn_hidden", "context_length")})
+        ModelConfig.describing(dims)
     except ValueError as exc:
         raise CompressError(f"compress.variants ({variant.name}).student: {str(exc).splitlines()[-1].strip()}") from None
     return dims
@@ -70,10 +69,7 @@ def distillation_loss(teacher: nn.Module, alpha: float, temperature: float, reve
 
 
 def student_config(cfg: RunConfig, dims: ModelDims, steps: int, lr: float | None) -> RunConfig:
-    model = ModelConfig(size="debug", vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
-                        n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, ffn_hidden=dims.ffn_hidden,
-                        context_length=dims.context_length, rope_theta=dims.rope_theta, norm_eps=dims.norm_eps,
-                        tie_embeddings=dims.tie_embeddings, init_std=cfg.model.init_std)
+    model = ModelConfig.describing(dims, init_std=cfg.model.init_std)
     train = cfg.train.model_copy(update={"max_steps": steps, "lr": lr or cfg.train.lr,
                                          "eval_tasks": [], "keep_checkpoints": 1})
     return cfg.model_copy(update={"model": model, "train": train})

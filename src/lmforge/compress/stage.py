@@ -18,7 +18,7 @@ from lmforge.compress.config import CompressConfig
 from lmforge.compress.distill import check_student, distillation_loss, train_student
 from lmforge.compress.memory import peak_memory_mb
 from lmforge.compress.prune import prune
-from lmforge.compress.structured import kept_channels, prune_mlp
+from lmforge.compress.structured import kept_channels, kept_heads, prune_structured
 from lmforge.compress.table import measure, quality, weight_figures, with_ratios, write_table
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info
@@ -87,9 +87,8 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
             if theirs is not None and tokenizer_digest(theirs) != tokenizer_digest(run.tokenizer):
                 raise CompressError(f"compress.variants[{i}] ({v.name}): the teacher {dense} reads another tokenizer "
                                     f"({theirs}) than the run's token shards; distillation needs the same one")
-        if v.method == "structured" and kept_channels(dims.ffn_hidden, v.mlp_fraction) == dims.ffn_hidden:
-            raise CompressError(f"compress.variants[{i}] ({v.name}): mlp_fraction {v.mlp_fraction} removes no "
-                                f"channel of {dims.ffn_hidden}")
+        if v.method == "structured":
+            check_structured(dims, v, f"compress.variants[{i}] ({v.name})")
     for need in (run.tokens("train") / "index.json", run.tokens("val") / "index.json"):
         if not need.exists():
             raise CompressError(f"{need}: not found; run the data stages first (lmforge data)")
@@ -103,11 +102,19 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
     return CompressPlan(dense, dims, seq_len)
 
 
+def check_structured(dims: ModelDims, v, where: str) -> None:
+    if v.mlp_fraction and kept_channels(dims.ffn_hidden, v.mlp_fraction) == dims.ffn_hidden:
+        raise CompressError(f"{where}: mlp_fraction {v.mlp_fraction} removes no channel of {dims.ffn_hidden}")
+    if v.head_fraction and kept_heads(dims, v.head_fraction)[0] == dims.n_heads:
+        group = dims.n_heads // dims.n_kv_heads
+        what = f"query head of a group of {group}" if group > 1 else f"head of {dims.n_heads}"
+        raise CompressError(f"{where}: head_fraction {v.head_fraction} removes no {what}")
+
+
 def make_variant(dense, variant, norms):
     """The variant's model: a pruned or quantized copy of ``dense``, or a smaller structured one."""
     if variant.method == "structured":
-        model, _ = prune_mlp(dense, variant.mlp_fraction, norms)
-        return model
+        return prune_structured(dense, variant.mlp_fraction, variant.head_fraction, norms)[0]
     model = type(dense)(dense.dims)
     model.load_state_dict(dense.state_dict())
     if variant.method in QUANTIZED:

@@ -28,13 +28,24 @@ class ModelDims:
     tie_embeddings: bool = True
     dropout: float = 0.0
     init_std: float = 0.02
+    # None: d_model / n_heads; set when heads were removed (compress structured) or an imported model says so
+    explicit_head_dim: int | None = None
+
+    def __post_init__(self):  # one spelling per shape: a head_dim equal to d_model / n_heads is the default
+        if self.explicit_head_dim is not None and self.explicit_head_dim * self.n_heads == self.d_model:
+            object.__setattr__(self, "explicit_head_dim", None)
 
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_heads
+        return self.explicit_head_dim or self.d_model // self.n_heads
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields, without ``explicit_head_dim`` when unset (resume keys and fingerprints made before it
+        existed stay the same)."""
+        d = dataclasses.asdict(self)
+        if d["explicit_head_dim"] is None:
+            del d["explicit_head_dim"]
+        return d
 
 
 # Named sizes (vocab_size is filled in from the tokenizer). Parameter counts quoted at the vocab shown.
@@ -62,6 +73,8 @@ class ModelConfig(StrictModel):
     n_kv_heads: int | None = Field(default=None, ge=1)
     ffn_hidden: int | None = Field(default=None, ge=1)
     context_length: int | None = Field(default=None, ge=2)
+    # default d_model / n_heads; set, the attention works in n_heads x head_dim (which may differ from d_model)
+    head_dim: int | None = Field(default=None, ge=2)
     # embedding rows; default: the tokenizer's size (a model imported with a padded vocabulary has more rows)
     vocab_size: int | None = Field(default=None, ge=2)
     rope_theta: float = Field(default=10000.0, gt=0)
@@ -82,13 +95,23 @@ class ModelConfig(StrictModel):
     @model_validator(mode="after")
     def _check_shapes(self):
         v = self._resolved()
-        if v["d_model"] % v["n_heads"]:
+        if self.head_dim is None and v["d_model"] % v["n_heads"]:
             raise ValueError(f"n_heads ({v['n_heads']}) must divide d_model ({v['d_model']})")
         if v["n_heads"] % v["n_kv_heads"]:
             raise ValueError(f"n_kv_heads ({v['n_kv_heads']}) must divide n_heads ({v['n_heads']})")
-        if (v["d_model"] // v["n_heads"]) % 2:
+        if self.head_dim is not None and self.head_dim % 2:
+            raise ValueError(f"head_dim ({self.head_dim}) must be even (rotary embeddings)")
+        if self.head_dim is None and (v["d_model"] // v["n_heads"]) % 2:
             raise ValueError(f"head dimension d_model/n_heads = {v['d_model'] // v['n_heads']} must be even (rotary embeddings)")
         return self
+
+    @classmethod
+    def describing(cls, dims: ModelDims, dropout: float = 0.0, init_std: float = 0.02) -> ModelConfig:
+        """The ``model:`` section whose ``dims()`` are ``dims`` (training-only settings given)."""
+        return cls(size="debug", vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers,
+                   n_heads=dims.n_heads, n_kv_heads=dims.n_kv_heads, ffn_hidden=dims.ffn_hidden,
+                   context_length=dims.context_length, head_dim=dims.explicit_head_dim, rope_theta=dims.rope_theta,
+                   norm_eps=dims.norm_eps, tie_embeddings=dims.tie_embeddings, dropout=dropout, init_std=init_std)
 
     def dims(self, vocab_size: int) -> ModelDims:
         """The decoder over a tokenizer of ``vocab_size`` tokens (``model.vocab_size`` rows, when set)."""
@@ -104,5 +127,6 @@ class ModelConfig(StrictModel):
             tie_embeddings=self.tie_embeddings,
             dropout=self.dropout,
             init_std=self.init_std,
+            explicit_head_dim=self.head_dim,
             **self._resolved(),
         )

@@ -159,16 +159,18 @@ def dims_from_hf_config(config: dict) -> ModelDims:
                          "the decoder attends to the whole context")
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads") or heads
-    if hidden % heads or (hidden // heads) % 2:
+    head_dim = config.get("head_dim")
+    if head_dim is not None and (not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2):
+        raise ValueError(f"head_dim={head_dim!r} is not supported: the head dimension must be a whole, even number "
+                         "(rotary embeddings)")
+    if head_dim is None and (hidden % heads or (hidden // heads) % 2):
         raise ValueError(f"num_attention_heads={heads}: hidden_size {hidden} / heads must be a whole, even "
                          "head dimension")
-    if config.get("head_dim") not in (None, hidden // heads):
-        raise ValueError(f"head_dim={config['head_dim']} is not supported: the decoder's head dimension is "
-                         f"hidden_size / num_attention_heads = {hidden // heads}")
     if heads % kv_heads:
         raise ValueError(f"num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}")
     return ModelDims(vocab_size=config["vocab_size"], d_model=hidden, n_layers=config["num_hidden_layers"],
                      n_heads=heads, n_kv_heads=kv_heads, ffn_hidden=config["intermediate_size"], context_length=context,
                      rope_theta=_rope_theta(config), norm_eps=float(config.get("rms_norm_eps", 1e-6)),
                      tie_embeddings=bool(config.get("tie_word_embeddings", False)),
-                     init_std=float(config.get("initializer_range", 0.02)))
+                     init_std=float(config.get("initializer_range", 0.02)),
+                     explicit_head_dim=head_dim)

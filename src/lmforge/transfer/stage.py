@@ -92,10 +92,7 @@ def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
 
 def model_config(dims: ModelDims, like: ModelConfig) -> ModelConfig:
     """The recipe's ``model:`` section that describes ``dims`` (training-only settings from ``like``)."""
-    return ModelConfig(size="debug", vocab_size=dims.vocab_size, d_model=dims.d_model, n_layers=dims.n_layers, n_heads=dims.n_heads,
-                       n_kv_heads=dims.n_kv_heads, ffn_hidden=dims.ffn_hidden, context_length=dims.context_length,
-                       rope_theta=dims.rope_theta, norm_eps=dims.norm_eps, tie_embeddings=dims.tie_embeddings,
-                       dropout=like.dropout, init_std=like.init_std)
+    return ModelConfig.describing(dims, dropout=like.dropout, init_std=like.init_std)
 
 
 def training_config(cfg: RunConfig, fc: FinetuneConfig, dims: ModelDims) -> RunConfig:

@@ -17,6 +17,8 @@ from lmforge.checkpoint.hf_export import export_hf
 from lmforge.checkpoint.load import checkpoint_dims, load_model, pick
 from lmforge.data.tokenizer import EOS_TOKEN
 from lmforge.model.generate import generate
+from lmforge.errors import LmforgeError
+from lmforge.model.config import ModelDims
 from lmforge.rundir import RunDir
 
 TOLERANCE = 1e-5  # fp32, the issue's bound
@@ -91,6 +93,35 @@ def test_transformers_folder_loads_through_the_one_loader_with_its_logits(tmp_pa
     assert loaded.tokenizer_path == tmp_path / "hf" / "tokenizer.json"
     theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
     assert loaded.tokenizer.encode("the quick brown fox").ids == theirs("the quick brown fox")["input_ids"]
+
+
+def test_a_head_dimension_other_than_hidden_over_heads_goes_both_ways(tmp_path):
+    """Models whose heads were removed (compress structured) or that say head_dim (n_heads x head_dim != hidden)."""
+    hf = hf_folder(tmp_path / "hf", *SHAPES[0], head_dim=24)  # 4 heads x 24 in a 64-wide model
+    dims = checkpoint_dims(tmp_path / "hf")
+    assert dims.explicit_head_dim == dims.head_dim == 24 and dims.d_model == 64
+    ids = token_ids(SHAPES[0][-1])
+    with torch.no_grad():
+        diff = max_diff(load_model(tmp_path / "hf").model(ids), hf(input_ids=ids).logits)
+    assert diff < TOLERANCE, diff
+
+    def exported(heads, folder):  # ``heads`` of 16 left in a 64-wide model
+        base = lmforge_dims(False, heads, heads, 2, 101).to_dict()
+        checkpoint, ours = lmforge_run(tmp_path / folder, ModelDims(**{**base, "d_model": 64, "explicit_head_dim": 16}))
+        return checkpoint, ours
+
+    checkpoint, ours = exported(2, "run")
+    export_hf(checkpoint, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["head_dim"] == 16
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", local_files_only=True).eval()
+    with torch.no_grad():
+        diff = max_diff(ours(ids), theirs(input_ids=ids).logits)
+    assert diff < TOLERANCE, diff
+    checkpoint, _ = exported(3, "three")  # transformers' LlamaConfig wants heads that divide the width
+    with pytest.raises(LmforgeError, match=r"^export --format hf: .* has 3 heads \(of 16\) in a 64-wide model; "
+                                           r"transformers' LlamaConfig needs a head count that divides the width"):
+        export_hf(checkpoint, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_mistral_without_a_sliding_window_is_llama(tmp_path):

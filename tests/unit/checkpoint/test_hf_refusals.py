@@ -50,8 +50,8 @@ def refused(path, message):
     ({"attention_bias": True}, "config.json: attention_bias=True is not supported: the decoder has no biases"),
     ({"mlp_bias": True}, "config.json: mlp_bias=True is not supported: the decoder has no biases"),
     ({"hidden_act": "gelu"}, "config.json: hidden_act='gelu' is not supported: the decoder's MLP is SwiGLU (silu)"),
-    ({"head_dim": 32}, "config.json: head_dim=32 is not supported: the decoder's head dimension is hidden_size / "
-                       "num_attention_heads = 16"),
+    ({"head_dim": 15}, "config.json: head_dim=15 is not supported: the head dimension must be a whole, even number "
+                       "(rotary embeddings)"),
     ({"quantization_config": {"quant_method": "gptq"}},
      "config.json: quantization_config={'quant_method': 'gptq'} is not supported: quantized weights are not supported"),
     ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},

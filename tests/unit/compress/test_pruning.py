@@ -11,7 +11,7 @@ import torch
 from lmforge.compress.calibration import block_linears, calibration_windows, input_norms
 from lmforge.compress.config import MagnitudeVariant, TwoFourVariant, WandaVariant
 from lmforge.compress.prune import magnitude_mask, prune, row_mask, two_four_mask, wanda_score
-from lmforge.compress.structured import kept_channels, mask_channels, prune_mlp
+from lmforge.compress.structured import kept_channels, kept_heads, mask_parts, prune_structured
 from lmforge.errors import CompressError
 from lmforge.model.config import SIZES, ModelDims
 from lmforge.model.decoder import Decoder, count_parameters
@@ -85,14 +85,56 @@ def test_pruning_leaves_half_of_every_block_linear_layer(variant):
 def test_structured_pruning_gives_the_masked_full_models_logits_with_fewer_parameters():
     m = model()
     norms = input_norms(m, WINDOWS, 4)
-    small, keep = prune_mlp(m, 0.25, norms)
+    small, keep, heads = prune_structured(m, 0.25, 0, norms)
     n = kept_channels(DIMS.ffn_hidden, 0.25)
-    assert small.dims.ffn_hidden == n == 129 and all(len(k) == n for k in keep)
+    assert heads is None and small.dims.ffn_hidden == n == 129 and all(len(k) == n for k in keep)
     assert count_parameters(m) - count_parameters(small) == DIMS.n_layers * 3 * DIMS.d_model * (DIMS.ffn_hidden - n)
-    mask_channels(m, keep)
+    mask_parts(m, keep, None)
     ids = torch.from_numpy(WINDOWS[:2]).long()
     with torch.no_grad():
         assert (small(ids) - m(ids)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("n_heads, n_kv_heads, fraction, left", [
+    (4, 2, 0.5, (2, 2)),  # grouped-query: one of the two query heads of each group goes
+    (4, 4, 0.25, (3, 3)),  # multi-head: a whole group (query, key and value head) goes
+    (8, 2, 0.25, (6, 2)),  # groups of four keep three
+])
+def test_head_removal_keeps_groups_consistent_and_gives_the_masked_models_logits(n_heads, n_kv_heads, fraction, left):
+    dims = ModelDims(vocab_size=64, **(SIZES["debug"] | {"n_heads": n_heads, "n_kv_heads": n_kv_heads}))
+    torch.manual_seed(0)
+    m = Decoder(dims).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    norms = input_norms(m, WINDOWS, 4)
+    small, channels, heads = prune_structured(m, 0.25, fraction, norms)
+    assert kept_heads(dims, fraction) == left == (small.dims.n_heads, small.dims.n_kv_heads)
+    assert small.dims.head_dim == dims.head_dim and small.dims.explicit_head_dim == dims.head_dim
+    group = n_heads // n_kv_heads
+    for kept in heads:  # every surviving group keeps the same number of query heads
+        per_group = torch.bincount(kept // group, minlength=n_kv_heads)
+        assert set(per_group[per_group > 0].tolist()) == {left[0] // left[1]}
+    removed = (n_heads - left[0]) * dims.head_dim * 2 + (n_kv_heads - left[1]) * dims.head_dim * 2
+    mlp_removed = 3 * (dims.ffn_hidden - small.dims.ffn_hidden)
+    assert count_parameters(m) - count_parameters(small) == dims.n_layers * dims.d_model * (removed + mlp_removed)
+    mask_parts(m, channels, heads)
+    ids = torch.from_numpy(WINDOWS[:2]).long()
+    with torch.no_grad():
+        assert (small(ids) - m(ids)).abs().max().item() < 1e-5
+        # and with the KV cache: the smaller model generates what the masked one does
+        from lmforge.model.generate import generate
+        prompt = WINDOWS[0, :8].tolist()
+        assert generate(small, prompt, 6, temperature=0) == generate(m, prompt, 6, temperature=0)
+
+
+def test_the_most_important_heads_stay():
+    m = model()
+    norms = input_norms(m, WINDOWS, 4)
+    with torch.no_grad():  # head 1 of block 0 writes nothing: it is the one of its group (heads 0, 1) to go
+        m.layers[0].attn.out_proj.weight.view(-1, 4, 16)[:, 1] = 0
+    _, _, heads = prune_structured(m, 0, 0.5, norms)
+    assert heads[0][0].item() == 0 and len(heads[0]) == 2
 
 
 def test_an_empty_calibration_set_is_refused():
