@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from cli_errors import assert_error_line, snapshot
 from conftest import run_cli
@@ -17,7 +18,7 @@ from lmforge.compress.calibration import block_linears
 pytestmark = pytest.mark.integration
 
 VARIANTS = ("compress.variants=[{name: mag50, method: magnitude, sparsity: 0.5}, {name: wanda50, method: wanda, "
-            "sparsity: 0.5}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25, head_fraction: 0.5, recovery_steps: 4}, "
+            "sparsity: 0.5, recovery_steps: 3}, {name: two_four, method: two_four}, {name: mlp25, method: structured, mlp_fraction: 0.25, head_fraction: 0.5, recovery_steps: 4}, "
             "{name: q8, method: int8}]")
 FAST = ["--set", "compress.measure.repeats=2", "--set", "compress.measure.new_tokens=8", "--set",
         "eval.max_tokens=2048", "--set", "compress.measure.memory=false"]
@@ -30,18 +31,22 @@ def test_variants_and_their_table(trained_base, tmp_path):
                              *FAST)
     assert code == 0, err
     rows = json.loads((root / "compress" / "table.json").read_text())
-    assert set(rows) == {"dense", "mag50", "wanda50", "two_four", "mlp25", "mlp25-recovered", "q8"}
+    assert set(rows) == {"dense", "mag50", "wanda50", "wanda50-recovered", "two_four", "mlp25", "mlp25-recovered", "q8"}
     recovered = rows["mlp25-recovered"]  # trained 4 steps from the pruned model: the same size, other weights
     assert recovered["parameters"] == rows["mlp25"]["parameters"] and recovered["val_loss"] != rows["mlp25"]["val_loss"]
     for name, row in rows.items():
         assert row["prefill_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0 and row["perplexity"] > 1
         assert set(row["tasks"]) == {"docstring_to_name/acc", "which_package/acc"}
         assert row["ratio_to_dense"]["parameters"] == row["parameters"] / rows["dense"]["parameters"]
-    for name in ("mag50", "wanda50", "two_four"):
+    for name in ("mag50", "wanda50", "two_four", "wanda50-recovered"):
         model = load_model(root / rows[name]["path"]).model
         for layer_name, layer in block_linears(model).items():
             assert int((layer.weight == 0).sum()) == layer.weight.numel() // 2, (name, layer_name)
         assert rows[name]["parameters"] == rows["dense"]["parameters"] > rows[name]["nonzero_parameters"]
+    pruned, recovered = (load_model(root / rows[n]["path"]).model for n in ("wanda50", "wanda50-recovered"))
+    for (layer_name, a), b in zip(block_linears(pruned).items(), block_linears(recovered).values()):
+        assert torch.equal(a.weight == 0, b.weight == 0), layer_name  # the same zeros, other kept weights
+    assert rows["wanda50-recovered"]["val_loss"] != rows["wanda50"]["val_loss"]
     small = load_model(root / rows["mlp25"]["path"]).model
     assert small.dims.ffn_hidden == 129 and rows["mlp25"]["parameters"] < rows["dense"]["parameters"]
     assert (small.dims.n_heads, small.dims.n_kv_heads, small.dims.head_dim) == (2, 2, 16)  # one of each group's two

@@ -11,14 +11,21 @@ from lmforge.core.config import StrictModel
 NAME = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the variant's folder under compress/")
 
 
-class MagnitudeVariant(StrictModel):
+class Recovery(StrictModel):
+    """Optional recovery training of a pruned model on the run's data (a ``<name>-recovered`` variant beside it;
+    unstructured and 2:4 pruning keep their zeros through it)."""
+    recovery_steps: int = Field(default=0, ge=0, description="train the pruned model this many steps; 0: none")
+    recovery_lr: float | None = Field(default=None, gt=0, description="default: train.lr")
+
+
+class MagnitudeVariant(Recovery):
     """Unstructured: the smallest-magnitude share of each block linear layer's weights set to zero."""
     name: str = NAME
     method: Literal["magnitude"]
     sparsity: float = Field(gt=0, lt=1)
 
 
-class WandaVariant(StrictModel):
+class WandaVariant(Recovery):
     """Unstructured (Sun et al. 2024): score |W_ij| * ||X_j||_2 over the calibration tokens; the lowest-scoring
     share of each output row set to zero."""
     name: str = NAME
@@ -26,7 +33,7 @@ class WandaVariant(StrictModel):
     sparsity: float = Field(gt=0, lt=1)
 
 
-class TwoFourVariant(StrictModel):
+class TwoFourVariant(Recovery):
     """2:4 semi-structured: in every group of four consecutive input weights of a row, the two lowest-scoring
     set to zero (score: Wanda's, or the magnitude)."""
     name: str = NAME
@@ -34,7 +41,7 @@ class TwoFourVariant(StrictModel):
     score: Literal["wanda", "magnitude"] = "wanda"
 
 
-class StructuredVariant(StrictModel):
+class StructuredVariant(Recovery):
     """Structured: the least important share of every block's MLP channels and / or attention heads removed
     (importance: the part's activation norm over the calibration tokens times its columns' norm in the projection
     it feeds): a smaller dense model (``compress.structured``)."""
@@ -43,9 +50,6 @@ class StructuredVariant(StrictModel):
     mlp_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of the MLP channels removed in every block")
     head_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of the attention heads removed in every "
                                  "block: query heads within each grouped-query group, or whole groups of one")
-    recovery_steps: int = Field(default=0, ge=0, description="then train the smaller model this many steps on the "
-                                "run's data (a <name>-recovered variant beside it); 0: no recovery")
-    recovery_lr: float | None = Field(default=None, gt=0, description="default: train.lr")
 
     @model_validator(mode="after")
     def _removes_something(self):

@@ -76,7 +76,7 @@ def student_config(cfg: RunConfig, dims: ModelDims, steps: int, lr: float | None
 
 
 def train_student(run: RunDir, cfg: RunConfig, folder: Path, dims: ModelDims, steps: int, lr: float | None, loss_fn,
-                  device, init_from: Path | None = None) -> Path:
+                  device, init_from: Path | None = None, adapt=None) -> Path:
     """Train a model of ``dims`` (seeded, or from ``init_from``) in ``folder``, a run directory over the run's
     token shards; returns its latest checkpoint (a distilled student, its control, a pruned model's recovery)."""
     from lmforge.distributed.context import DistContext
@@ -86,5 +86,6 @@ def train_student(run: RunDir, cfg: RunConfig, folder: Path, dims: ModelDims, st
     sub = SharedDataRunDir(folder, run)
     scfg = student_config(cfg, dims, steps, lr)
     atomic_write_text(sub.recipe, scfg.to_yaml())
-    train(sub, scfg, DistContext(device=device), resume=False, loss_fn=loss_fn or lm_loss, init_from=init_from)
+    train(sub, scfg, DistContext(device=device), resume=False, loss_fn=loss_fn or lm_loss, init_from=init_from,
+          adapt=adapt)
     return sub.latest_checkpoint()[1]

@@ -56,3 +56,36 @@ def prune(model: nn.Module, variant, norms: dict[str, torch.Tensor] | None) -> N
             score = wanda_score(w, norms[name]) if variant.score == "wanda" else w.abs()
             keep = two_four_mask(score)
         w.mul_(keep)
+
+
+def pruned_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """{parameter name: keep-mask} of every block linear weight (its nonzero entries)."""
+    return {f"{name}.weight": layer.weight.detach() != 0 for name, layer in block_linears(model).items()}
+
+
+def holding_zeros(keep: dict[str, torch.Tensor], loss_fn):
+    """The training loop's ``adapt`` and ``loss_fn`` for recovery training of a pruned model: the pruned weights
+    get no gradient (so AdamW, Adam, SGD and Lion leave them at exactly zero) and are zeroed again before every
+    step's forward (for optimizers whose update mixes entries, such as Muon's orthogonalization)."""
+    held: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def adapt(model: nn.Module) -> None:
+        for name, p in model.named_parameters():
+            if name in keep:
+                mask = keep[name].to(p.device, p.dtype)
+                p.register_hook(lambda grad, mask=mask: grad * mask)
+                held.append((p, mask))
+
+    def loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            for p, mask in held:
+                p.mul_(mask)
+        return loss_fn(model, batch)
+    return adapt, loss
+
+
+@torch.no_grad()
+def apply_masks(model: nn.Module, keep: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        if name in keep:
+            p.mul_(keep[name].to(p.dtype))

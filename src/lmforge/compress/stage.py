@@ -17,7 +17,7 @@ from lmforge.compress.calibration import calibration_windows, input_norms
 from lmforge.compress.config import CompressConfig
 from lmforge.compress.distill import check_student, distillation_loss, train_student
 from lmforge.compress.memory import peak_memory_mb
-from lmforge.compress.prune import prune
+from lmforge.compress.prune import apply_masks, holding_zeros, prune, pruned_weights
 from lmforge.compress.structured import kept_channels, kept_heads, prune_structured
 from lmforge.compress.table import measure, quality, weight_figures, with_ratios, write_table
 from lmforge.core.atomic import atomic_write_json
@@ -151,14 +151,22 @@ def distill_variant(run: RunDir, cfg: RunConfig, plan: CompressPlan, teacher, va
     return out
 
 
-def recover(run: RunDir, cfg: RunConfig, plan: CompressPlan, variant, path: Path, dims, device) -> dict:
-    """The structured variant trained ``recovery_steps`` more steps on the run's data (``<name>-recovered``)."""
+def recover(run: RunDir, cfg: RunConfig, plan: CompressPlan, variant, path: Path, pruned, device) -> dict:
+    """The pruned variant trained ``recovery_steps`` more steps on the run's data (``<name>-recovered``); an
+    unstructured or 2:4 one keeps its zeros (``compress.prune.holding_zeros``)."""
+    from lmforge.train.loop import lm_loss
+
     folder = run.stage_dir(STAGE) / f"{variant.name}-recovered"
-    checkpoint = train_student(run, cfg, folder, dims, variant.recovery_steps, variant.recovery_lr, None, device,
-                               init_from=path)
-    save_variant(load_model(checkpoint).model, folder / "model.safetensors", plan.seq_len, variant)
+    keep = None if variant.method == "structured" else pruned_weights(pruned)
+    adapt, loss_fn = (None, None) if keep is None else holding_zeros(keep, lm_loss)
+    checkpoint = train_student(run, cfg, folder, pruned.dims, variant.recovery_steps, variant.recovery_lr, loss_fn,
+                               device, init_from=path, adapt=adapt)
+    model = load_model(checkpoint).model
+    if keep is not None:  # the last step's update is not followed by another forward's zeroing
+        apply_masks(model, keep)
+    save_variant(model, folder / "model.safetensors", plan.seq_len, variant)
     shutil.rmtree(checkpoint.parent, ignore_errors=True)
-    return {"method": "structured+recovery", "path": str((folder / "model.safetensors").relative_to(run.root)),
+    return {"method": f"{variant.method}+recovery", "path": str((folder / "model.safetensors").relative_to(run.root)),
             "model": load_model(folder / "model.safetensors").model, "settings": {"recovery_of": variant.name}}
 
 
@@ -185,7 +193,7 @@ def run_compress(run: RunDir, cfg: RunConfig, plan: CompressPlan, device="cpu") 
                                 "file_bytes": path.stat().st_size, "settings": variant.model_dump()}
         info(f"compress: {variant.name} ({variant.method}) -> {path}")
         if getattr(variant, "recovery_steps", 0):
-            models[f"{variant.name}-recovered"] = recover(run, cfg, plan, variant, path, loaded.dims, device)
+            models[f"{variant.name}-recovered"] = recover(run, cfg, plan, variant, path, loaded, device)
     rows = table_rows(run, cfg, plan, models)
     write_table(rows, folder)
     summary = {"dense": str(plan.dense), "variants": {n: {k: r[k] for k in ("method", "path", "parameters",

@@ -143,3 +143,32 @@ def test_an_empty_calibration_set_is_refused():
             return 0
     with pytest.raises(CompressError, match=r"^compress.calibration: the training shards hold fewer than 65 tokens"):
         calibration_windows(Shards(), 64, 8, 8, 0)
+
+
+def test_recovery_training_keeps_the_pruned_weights_at_zero():
+    from lmforge.compress.prune import holding_zeros, pruned_weights
+    from lmforge.train.loop import lm_loss
+
+    m = model()
+    prune(m, WandaVariant(name="w", method="wanda", sparsity=0.5), input_norms(m, WINDOWS, 4))
+    keep = pruned_weights(m)
+    assert set(keep) == {f"{n}.weight" for n in block_linears(m)}
+    adapt, loss_fn = holding_zeros(keep, lm_loss)
+    adapt(m)
+    optimizer = torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    batch = torch.from_numpy(WINDOWS).long()
+    m.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss_fn(m, batch).backward()
+        optimizer.step()
+    for name, p in m.named_parameters():
+        if name in keep:  # AdamW with no gradient there leaves exact zeros; the kept weights trained
+            assert torch.equal(p == 0, ~keep[name]) and not torch.equal(p, before[name]), name
+    w = m.layers[0].mlp.down_proj.weight
+    zero = (~keep["layers.0.mlp.down_proj.weight"]).nonzero()[0]
+    with torch.no_grad():  # an optimizer that moves them (Muon mixes entries) is undone before the next forward
+        w[tuple(zero)] = 1.0
+    loss_fn(m, batch)
+    assert w[tuple(zero)].item() == 0.0
