@@ -5,7 +5,9 @@ recovery, int8 / int4 perplexity, size and speed against dense, and the share of
 Two models, each trained on the built-in run's data (the standard library's ``.py`` files):
 1. ``default``: the built-in run itself (``lmforge run``: the ``tiny`` decoder, 100 steps);
 2. ``small``: the ``small`` decoder (d512, 8 blocks, 8 heads in 4 groups, ffn 1376) trained ``--small-steps``
-   on the same token shards (``lmforge train --set model.size=small``).
+   on the same token shards (``lmforge train --set model.size=small``);
+3. ``long``: the built-in run's ``tiny`` decoder trained ``--long-steps`` instead of 100 (the first two are far
+   from converged: pruning their near-initial weights costs little whatever the method).
 
 On each, one ``lmforge compress`` makes: magnitude and Wanda at 50%, 2:4 (Wanda's score), structured with 25% of
 the MLP channels removed (``mlp25``, recovered for ``--recovery-steps``) and with a quarter of the channels and
@@ -54,20 +56,21 @@ def variants(model: str, recovery: int, distill: int) -> str:
     return "compress.variants=[" + ", ".join(items) + "]"
 
 
-def prepare(work: Path, model: str, small_steps: int) -> Path:
+def prepare(work: Path, model: str, small_steps: int, long_steps: int) -> Path:
     default = work / "default"
     if not (default / "train" / "checkpoints").is_dir():
         shutil.rmtree(default, ignore_errors=True)
         lmforge("run", "--run-dir", str(default))
     if model == "default":
         return default
-    run = work / "small"
+    run = work / model
+    size, steps = ("small", small_steps) if model == "small" else ("tiny", long_steps)
     if not (run / "train" / "checkpoints").is_dir():
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(default, run, ignore=lambda folder, names: MODEL_PARTS if Path(folder) == default else ())
-        lmforge("train", "--run-dir", str(run), "--redo", "--set", "model.size=small",
-                "--set", f"train.max_steps={small_steps}",
-                "--set", "train.eval_every=50", "--set", f"train.checkpoint_every={small_steps}")
+        lmforge("train", "--run-dir", str(run), "--redo", "--set", f"model.size={size}",
+                "--set", f"train.max_steps={steps}", "--set", f"train.warmup_steps={max(10, steps // 20)}",
+                "--set", "train.eval_every=50", "--set", f"train.checkpoint_every={steps}")
     return run
 
 
@@ -117,7 +120,8 @@ def report(model: str, rows: dict, summary: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("bench/out/compress_quality"))
-    parser.add_argument("--models", default="default,small")
+    parser.add_argument("--models", default="default,small,long")
+    parser.add_argument("--long-steps", type=int, default=800)
     parser.add_argument("--small-steps", type=int, default=150)
     parser.add_argument("--distill-steps", type=int, default=100)
     parser.add_argument("--recovery-steps", type=int, default=50)
@@ -126,7 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     for model in args.models.split(","):
-        run = prepare(args.work, model, args.small_steps)
+        run = prepare(args.work, model, args.small_steps, args.long_steps)
         lmforge("compress", "--run-dir", str(run), "--set", variants(model, args.recovery_steps, args.distill_steps),
                 "--set", f"compress.measure.repeats={args.repeats}", "--set", "compress.measure.memory=false")
         rows = json.loads((run / "compress" / "table.json").read_text())

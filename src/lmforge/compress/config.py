@@ -15,7 +15,8 @@ class Recovery(StrictModel):
     """Optional recovery training of a pruned model on the run's data (a ``<name>-recovered`` variant beside it;
     unstructured and 2:4 pruning keep their zeros through it)."""
     recovery_steps: int = Field(default=0, ge=0, description="train the pruned model this many steps; 0: none")
-    recovery_lr: float | None = Field(default=None, gt=0, description="default: train.lr")
+    recovery_lr: float | None = Field(default=None, gt=0, description="default: train.lr / 10 (a trained model: "
+                                      "at the full rate its fresh optimizer state undoes training)")
 
 
 class MagnitudeVariant(Recovery):

@@ -159,7 +159,8 @@ def recover(run: RunDir, cfg: RunConfig, plan: CompressPlan, variant, path: Path
     folder = run.stage_dir(STAGE) / f"{variant.name}-recovered"
     keep = None if variant.method == "structured" else pruned_weights(pruned)
     adapt, loss_fn = (None, None) if keep is None else holding_zeros(keep, lm_loss)
-    checkpoint = train_student(run, cfg, folder, pruned.dims, variant.recovery_steps, variant.recovery_lr, loss_fn,
+    lr = variant.recovery_lr or cfg.train.lr / 10  # measured: train.lr undoes 800 steps of training, a tenth recovers
+    checkpoint = train_student(run, cfg, folder, pruned.dims, variant.recovery_steps, lr, loss_fn,
                                device, init_from=path, adapt=adapt)
     model = load_model(checkpoint).model
     if keep is not None:  # the last step's update is not followed by another forward's zeroing
