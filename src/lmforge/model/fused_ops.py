@@ -119,8 +119,11 @@ class _RMSNorm(torch.autograd.Function):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2, last dim) + eps) * weight."""
     low_precision = x.dtype not in (torch.float32, torch.float64)
-    if _use_plain(x, weight) or low_precision or torch.is_autocast_enabled(x.device.type):
-        return F.rms_norm(x, weight.shape, weight, eps)  # upcasts low precision itself
+    no_backward = not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad)
+    if _use_plain(x, weight) or low_precision or torch.is_autocast_enabled(x.device.type) or no_backward:
+        # upcasts low precision itself; without a backward to save memory for, aten's one kernel is faster
+        # (decoding one token: about half the time of the autograd function's four)
+        return F.rms_norm(x, weight.shape, weight, eps)
     return _RMSNorm.apply(x, weight, eps)
 
 

@@ -191,7 +191,8 @@ def reference_rolling_terms(model, token_ids, window, prefix_id=EOS_ID):
     return terms
 
 
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+# fp32: a sum of 50 log-probabilities near -457, computed in windows of different lengths (one ulp there is 3e-5)
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-9), (torch.float32, 1e-4)])
 def test_rolling_loglikelihood_longest_context(model, tokenizer, dtype, tolerance):
     model = copy.deepcopy(model).to(dtype)
     token_ids = enc(tokenizer, " ".join(TEXTS[:3]))[:50]
