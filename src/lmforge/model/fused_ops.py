@@ -47,6 +47,15 @@ def _rotate_into(out: torch.Tensor, x: torch.Tensor, cos: torch.Tensor, sin: tor
     return out
 
 
+def _rotary_qkv_forward(qkv, cos, sin, H: int, K: int):
+    B, T, _ = qkv.shape
+    D = 2 * cos.shape[-1]
+    heads = qkv.view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D), a view
+    q = _rotate_into(qkv.new_empty(B, H, T, D), heads[:, :H], cos, sin)
+    k = _rotate_into(qkv.new_empty(B, K, T, D), heads[:, H:H + K], cos, sin)
+    return q, k, heads[:, H + K:].contiguous()
+
+
 class _RotaryQKV(torch.autograd.Function):
     """(B, T, (H + 2K) D) projection -> rotated q (B, H, T, D), rotated k (B, K, T, D), v (B, K, T, D).
 
@@ -57,15 +66,9 @@ class _RotaryQKV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, cos, sin, n_heads, n_kv_heads):
-        B, T, _ = qkv.shape
-        H, K, D = n_heads, n_kv_heads, 2 * cos.shape[-1]
-        heads = qkv.view(B, T, H + 2 * K, D).transpose(1, 2)  # (B, H + 2K, T, D), a view
-        q = _rotate_into(qkv.new_empty(B, H, T, D), heads[:, :H], cos, sin)
-        k = _rotate_into(qkv.new_empty(B, K, T, D), heads[:, H:H + K], cos, sin)
-        v = heads[:, H + K:].contiguous()
         ctx.save_for_backward(cos, sin)
-        ctx.n_heads = (H, K)
-        return q, k, v
+        ctx.n_heads = (n_heads, n_kv_heads)
+        return _rotary_qkv_forward(qkv, cos, sin, n_heads, n_kv_heads)
 
     @staticmethod
     def backward(ctx, grad_q, grad_k, grad_v):
@@ -90,6 +93,8 @@ def rotary_qkv(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads:
         heads = qkv.view(B, T, n_heads + 2 * n_kv_heads, -1).transpose(1, 2)  # (B, H + 2K, T, D)
         q, k, v = heads.split([n_heads, n_kv_heads, n_kv_heads], dim=1)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+    if not torch.is_grad_enabled() or not qkv.requires_grad:  # the same kernels without autograd's bookkeeping
+        return _rotary_qkv_forward(qkv, cos, sin, n_heads, n_kv_heads)
     return _RotaryQKV.apply(qkv, cos, sin, n_heads, n_kv_heads)
 
 
