@@ -1,0 +1,1 @@
+"""Interpretability (issue "Interpretability"): what a decoder computes inside, from its own weights."""
