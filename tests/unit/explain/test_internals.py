@@ -114,3 +114,27 @@ def test_anatomy_counts_every_parameter_once_and_its_spectra_are_svdvals():
     assert f.frobenius_norm == pytest.approx(float(w.detach().double().norm()))
     assert set(facts["flagged"]) <= set(names)
     assert parameters_per_module(decoder(tie_embeddings=False))["lm_head"] == 64 * 64
+
+
+def test_alpha_is_weightwatchers():
+    import logging
+    import warnings
+
+    import weightwatcher
+
+    m = decoder()
+    logging.disable(logging.WARNING)  # weightwatcher logs every layer
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            theirs = weightwatcher.WeightWatcher(model=m).analyze()
+    finally:
+        logging.disable(logging.NOTSET)
+    ours = {f.name.removesuffix(".weight"): f for f in anatomy(m)["matrices"]}
+    compared = 0
+    for _, row in theirs.iterrows():
+        name = "embed_tokens" if row["longname"] == "lm_head" else row["longname"]  # tied: one table
+        assert ours[name].alpha == pytest.approx(row["alpha"], rel=1e-6), name  # the issue asks within 5%
+        assert ours[name].xmin == pytest.approx(row["xmin"], rel=1e-6), name
+        compared += 1
+    assert compared == 4 * m.dims.n_layers + 2  # every block projection, the embedding and the head tied to it
