@@ -90,17 +90,13 @@ def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
     return cfg.finetune or FinetuneConfig()
 
 
-def model_config(dims: ModelDims, like: ModelConfig) -> ModelConfig:
-    """The recipe's ``model:`` section that describes ``dims`` (training-only settings from ``like``)."""
-    return ModelConfig.describing(dims, dropout=like.dropout, init_std=like.init_std)
-
-
 def training_config(cfg: RunConfig, fc: FinetuneConfig, dims: ModelDims) -> RunConfig:
     """A copy of the recipe for the loop: ``train:``'s optimizer, batch, schedule shape and cadence, with
     fine-tuning's steps, learning rate and warm-up, and the base's dimensions as ``model:``."""
     train = cfg.train.model_copy(update={"max_steps": fc.max_steps, "lr": fc.lr, "warmup_steps": fc.warmup_steps,
                                          "eval_tasks": []})
-    return cfg.model_copy(update={"model": model_config(dims, cfg.model), "train": train})
+    return cfg.model_copy(update={"model": ModelConfig.describing(dims, dropout=cfg.model.dropout,
+                                                                      init_std=cfg.model.init_std), "train": train})
 
 
 def frozen_names(model: torch.nn.Module, fc: FinetuneConfig) -> set[str]:
