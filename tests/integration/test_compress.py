@@ -104,6 +104,9 @@ def test_distillation_beside_its_cross_entropy_control(trained_base, tmp_path):
      "error: compress.variants[0] (q4): group size 32 does not divide the input dimension 172 (ffn_hidden (down input))"),
     ("[{name: q4, method: int4, group_size: 48}]",
      "error: recipe RUN/recipe.yaml: compress.variants.0.int4.group_size: Input should be 32, 64, 128 or 256 (got 48)"),
+    ("[{name: a, method: magnitude, sparsity: 0.5, recovery_steps: -1}]",
+     "error: recipe RUN/recipe.yaml: compress.variants.0.magnitude.recovery_steps: Input should be greater than or "
+     "equal to 0 (got -1)"),
     ("[{name: s, method: structured, head_fraction: 0.2}]",
      "error: compress.variants[0] (s): head_fraction 0.2 removes no query head of a group of 2"),
     ("[{name: s, method: structured}]",

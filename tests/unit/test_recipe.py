@@ -48,6 +48,9 @@ def test_missing_recipe_file_names_it():
     (MINIMAL + "train:\n  max_step: 3\n", "train.max_step: unknown key"),
     ("data:\n  sources:\n    - kind: python-stdlib\n      colour: red\n", "data.sources.0.colour: unknown key"),
     (MINIMAL + "model:\n  size: debug\n  n_heads: 3\n", "model: n_heads (3) must divide d_model (64)"),
+    (MINIMAL + "model:\n  size: debug\n  head_dim: 15\n", "model: head_dim (15) must be even (rotary embeddings)"),
+    (MINIMAL + "model:\n  size: debug\n  head_dim: 1\n",
+     "model.head_dim: Input should be greater than or equal to 2 (got 1)"),
     (MINIMAL + "train:\n  lr: fast\n  batch_size: 0\n",  # every error, on one line
      "train.batch_size: Input should be greater than or equal to 1 (got 0); train.lr: Input should be a valid "
      "number, unable to parse string as a number (got 'fast')"),
@@ -89,3 +92,12 @@ def test_resolved_recipe_round_trips(tmp_path):
     assert again == cfg
     assert again.section_hash("train") == cfg.section_hash("train")
     assert load_recipe("debug").section_hash("train") != cfg.section_hash("train")
+
+
+def test_head_dim_sets_the_attention_width_apart_from_d_model(tmp_path):
+    cfg = load_recipe(write(tmp_path, MINIMAL), ["model.size=debug", "model.n_heads=3", "model.n_kv_heads=1", "model.head_dim=16"])
+    dims = cfg.model.dims(100)
+    assert (dims.n_heads, dims.head_dim, dims.d_model, dims.explicit_head_dim) == (3, 16, 64, 16)
+    assert cfg.model.dims(100) == type(cfg.model).describing(dims).dims(100)  # the section that describes it
+    same = load_recipe(write(tmp_path, MINIMAL), ["model.size=debug", "model.head_dim=16"]).model.dims(100)
+    assert same.explicit_head_dim is None and "explicit_head_dim" not in same.to_dict()  # 4 x 16 = 64: the default
