@@ -16,8 +16,11 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from cli_errors import assert_error_line, snapshot
 from conftest import run_cli
-from lmforge.checkpoint.load import load_model
+from lmforge.checkpoint.load import classifier_ids, load_model
+from lmforge.command import resolve
 from lmforge.data.packing import TokenShards
+from lmforge.rundir import RunDir
+from lmforge.transfer.classify import builtin_classification, documents_task
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +172,28 @@ CLASSIFY = ["--set", "finetune.objective=classification", "--set", "finetune.max
             "train.eval_every=10", "--set", "train.checkpoint_every=10"]
 
 
+def check_classifier_file(root: Path, summary: dict, examples) -> None:
+    """``finetune/model.safetensors`` loads as the classifier: its labels, a head of one row per label, and on
+    the test examples (text tokens + end-of-text, ``classifier_ids``) the probabilities and accuracy that
+    ``classifier_outputs`` measured with the model in memory."""
+    loaded = load_model(root / "finetune" / "model.safetensors")
+    assert loaded.labels == summary["labels"] and summary["model"] == "finetune/model.safetensors"
+    assert loaded.model.lm_head.weight.shape == (len(summary["labels"]), loaded.model.dims.d_model)
+    measured = {p["id"]: p for p in map(json.loads, (root / "finetune" / "test" / "predictions.jsonl").open())}
+    correct = 0
+    with torch.no_grad():
+        for e in examples:
+            ids = classifier_ids(loaded.tokenizer.encode(e.text, add_special_tokens=False).ids, loaded.eos_id,
+                                 loaded.seq_len)
+            probs = torch.softmax(loaded.model(torch.tensor([ids]))[0, -1].double(), -1)
+            pred = loaded.labels[int(probs.argmax())]
+            assert pred == measured[e.id]["prediction"]
+            assert max(abs(p - measured[e.id]["probabilities"][label])
+                       for label, p in zip(loaded.labels, probs.tolist())) < 1e-5
+            correct += pred == e.label
+    assert correct / len(examples) == summary["test"]["metrics"]["acc"]["estimate"]
+
+
 @pytest.mark.parametrize("mode", [[], ["--set", "finetune.mode=lora", "--set", "finetune.lr=1e-2"]],
                          ids=["full", "lora"])
 def test_classification_head_on_a_builtin_task_beats_the_prompted_base(trained_base, tmp_path, mode):
@@ -180,12 +205,20 @@ def test_classification_head_on_a_builtin_task_beats_the_prompted_base(trained_b
     test, base = summary["test"], summary["base_test"]
     assert test["examples"] == 96 and sorted(test["files"]) == ["confusion", "predictions", "reliability"]
     assert {"acc", "f1_macro", "ece"} <= set(test["metrics"]) and test["confusion"]["labels"] == summary["labels"]
-    assert not (root / "finetune" / "model.safetensors").exists()  # a classifier is no LM to export
+    cfg, _ = resolve(None, root, ())
+    check_classifier_file(root, summary, builtin_classification(RunDir(root), "which_package", cfg.seed,
+                                                                cfg.eval.builtin_examples).examples)
     if mode:  # LoRA: the adapters and the new head train, nothing else (a 10-step base: measured acc 0.60)
         assert 0 < summary["trainable_share"] < 0.25
         return
     # measured on CPU: 0.875 [0.80, 0.94]; the prompted base 0.54 on the 48 examples that fit its context
     assert test["metrics"]["acc"]["estimate"] >= 0.75 > base["metrics"]["acc"]["estimate"]
+    exported = load_model(root / "finetune" / "model.safetensors")
+    checkpoint = load_model(root / "finetune" / "checkpoints" / "step_00000030")  # a checkpoint of it loads too
+    probe = torch.tensor([classifier_ids([5, 9, 3], exported.eos_id, exported.seq_len)])
+    with torch.no_grad():
+        assert torch.equal(checkpoint.model(probe), exported.model(probe))
+    assert checkpoint.labels == summary["labels"]
 
 
 def test_classification_labels_from_a_sources_label_field(trained_base, tmp_path):
@@ -206,6 +239,15 @@ def test_classification_labels_from_a_sources_label_field(trained_base, tmp_path
     summary = json.loads((root / "finetune" / "summary.json").read_text())
     assert summary["labels"] == ["oil", "tea"] and "base_test" not in summary
     assert summary["test"]["metrics"]["acc"]["estimate"] >= 0.9  # words of two vocabularies: easy
+    check_classifier_file(root, summary, documents_task(root / "finetune" / "data").examples)
+    classifier = root / "finetune" / "model.safetensors"
+    before = snapshot(root)
+    for command in (["eval", "--checkpoint", "finetuned"], ["generate", "--checkpoint", str(classifier)]):
+        code, _, err = run_cli(*command, "--run-dir", str(root))
+        assert_error_line(code, err, f"error: checkpoint {classifier}: a classifier (lmforge finetune objective "
+                                     f"classification; labels oil, tea), not a language model; lmforge "
+                                     f"{command[0]} needs a language model")
+    assert snapshot(root) == before
 
 
 @pytest.mark.parametrize("settings, line", [

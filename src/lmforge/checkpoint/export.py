@@ -4,7 +4,9 @@
 The tensors carry canonical names, the same whatever layout trained them: q/k/v and gate/up as separate
 projections (``layers.N.attn.q_proj.weight``, ``layers.N.mlp.gate_proj.weight``, Hugging Face Llama's
 names); with tied embeddings the table is stored once, as ``embed_tokens.weight``. The file's metadata
-holds the model dimensions (``lmforge.model``, JSON) and the step. The checkpoint's integrity manifest
+holds the model dimensions (``lmforge.model``, JSON) and the step; a classifier's, its labels in the order of
+its head's rows (``lmforge.labels``, JSON; its head untied, stored apart from the embeddings). The checkpoint's
+integrity manifest
 is checked before anything is read; the file is written under a temporary name and renamed.
 """
 
@@ -44,34 +46,42 @@ def check_output(output: Path, fmt: str = "safetensors") -> None:
 
 def export_checkpoint(checkpoint: Path, output: Path) -> dict:
     """Consolidate ``checkpoint`` into ``output``; returns what was written."""
-    from lmforge.checkpoint.load import consolidated_weights
+    from lmforge.checkpoint.load import checkpoint_labels, consolidated_weights, model_dims
 
     check_output(output)
     weights, state = consolidated_weights(checkpoint)
-    write_exported(output, weights, state["resume_key"]["model"], state["step"], state["resume_key"].get("seq_len"),
-                   state.get("format", "safetensors"))
+    write_exported(output, weights, model_dims(checkpoint, state).to_dict(), state["step"],
+                   state["resume_key"].get("seq_len"), state.get("format", "safetensors"),
+                   checkpoint_labels(checkpoint))
     return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
             "step": state["step"], "source_format": state.get("format", "safetensors")}
 
 
-def exported_metadata(model: dict, step: int, seq_len: int | None, source_format: str) -> dict[str, str]:
+def exported_metadata(model: dict, step: int, seq_len: int | None, source_format: str,
+                      labels: list[str] | None = None) -> dict[str, str]:
     """The safetensors metadata of an exported file: what ``checkpoint.load`` reads the model from."""
+    from lmforge.checkpoint.load import LABELS
+
     metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(model),
                 "lmforge.step": str(step), "lmforge.source_format": source_format}
     if seq_len is not None:  # what the model was trained with (evaluation scores at it)
         metadata["lmforge.seq_len"] = str(seq_len)
+    if labels is not None:  # a classifier
+        metadata[LABELS] = json.dumps(list(labels))
     return metadata
 
 
-def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len: int | None, source_format: str) -> None:
-    """One safetensors file of canonical ``weights`` with the metadata every stage's loader reads, atomically."""
+def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len: int | None, source_format: str,
+                   labels: list[str] | None = None) -> None:
+    """One safetensors file of canonical ``weights`` with the metadata every stage's loader reads (a
+    classifier's: its ``labels``, its head ``lm_head.weight`` of one row per label), atomically."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from lmforge.core.atomic import atomic_write_with
     from lmforge.errors import LmforgeError
 
-    metadata = exported_metadata(model, step, seq_len, source_format)
+    metadata = exported_metadata(model, step, seq_len, source_format, labels)
     try:
         atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lmforge.checkpoint.export import check_output
 from lmforge.checkpoint.hf_import import CONFIG, TOKENIZER_FILES, WEIGHTS, hf_config, load_hf_tokenizer
-from lmforge.checkpoint.load import LoadedModel, load_model
+from lmforge.checkpoint.load import LoadedModel, load_model, require_language_model
 from lmforge.core.atomic import atomic_dir
 from lmforge.data.tokenizer import EOS_TOKEN
 from lmforge.errors import LmforgeError
@@ -63,6 +63,7 @@ def export_hf(checkpoint: Path, output: Path) -> dict:
     from safetensors.torch import save_file
 
     check_output(output, "hf")
+    require_language_model(checkpoint, "export --format hf")
     transformers = _transformers()
     loaded = load_model(checkpoint)
     if "quantization" in loaded.state:

@@ -2,7 +2,10 @@
 
 Kinds that load: a run directory (its latest or best checkpoint), a checkpoint folder written by one
 process or DDP (safetensors) or by a sharded run (DCP), a file written by ``lmforge export``, and a Hugging
-Face folder of the Llama family (``checkpoint/hf_import.py``; its own tokenizer). A folder's integrity
+Face folder of the Llama family (``checkpoint/hf_import.py``; its own tokenizer). A classifier (``lmforge
+finetune`` objective classification: its file, or a checkpoint of it) loads as a decoder whose ``lm_head`` gives
+one logit per label (``LoadedModel.labels``), read at the end-of-text token after the text (``classifier_ids``);
+stages that need a language model refuse it by name (``require_language_model``). A folder's integrity
 manifest (the SHA-256 of every file, in ``state.json``) is checked before any tensor is parsed; an exported
 file and an HF folder's weights are plain safetensors (a JSON header and raw tensors, nothing executable).
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
+from torch import nn
 
 from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state, restore_rng
 from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder
@@ -31,6 +35,7 @@ from lmforge.model.quantized import quantized_decoder
 from lmforge.rundir import RunDir
 
 CHOICES = ("latest", "best", "selected", "finetuned", "merged")
+LABELS = "lmforge.labels"  # a classifier's exported metadata: its labels in the order of its head's rows (JSON list)
 
 
 @dataclasses.dataclass
@@ -50,6 +55,11 @@ class LoadedModel:
     def eos_id(self) -> int | None:
         """Its tokenizer's end-of-text id (``data.tokenizer.eos_id_of``); None without a tokenizer."""
         return None if self.tokenizer_path is None else eos_id_of(self.tokenizer)
+
+    @property
+    def labels(self) -> list[str] | None:
+        """A classifier's labels, in the order of its head's logits; None for a language model."""
+        return self.state.get("labels")
 
     @property
     def step(self) -> int:
@@ -128,11 +138,55 @@ def _best(run: RunDir) -> Path:
 
 
 def model_dims(path: Path, state: dict) -> ModelDims:
-    """The decoder a checkpoint's state describes."""
+    """The decoder a checkpoint's state describes (a classifier's: its head untied from the embeddings)."""
     try:
-        return ModelDims(**state["resume_key"]["model"])
+        dims = ModelDims(**state["resume_key"]["model"])
     except (KeyError, TypeError):
         raise CheckpointError(f"checkpoint {path}: {STATE_FILE} does not describe a model") from None
+    return dims if _state_labels(state) is None else dataclasses.replace(dims, tie_embeddings=False)
+
+
+def _state_labels(state: dict) -> list[str] | None:
+    """The labels of a classification fine-tuning checkpoint (its resume key's), else None."""
+    return state.get("resume_key", {}).get("finetune", {}).get("labels")
+
+
+def checkpoint_labels(path: str | Path) -> list[str] | None:
+    """A classifier's labels in the order of its logits (an exported file's ``lmforge.labels``, a classification
+    fine-tuning checkpoint's resume key), None for a language model; from metadata or state alone."""
+    path = Path(path)
+    if path.is_file():
+        return _exported_labels(path, _exported_metadata(path)[0])
+    if is_hf_folder(path):
+        return None
+    return _state_labels(read_state(path, verify=False))
+
+
+def _exported_labels(path: Path, meta: dict) -> list[str] | None:
+    if LABELS not in meta:
+        return None
+    try:
+        labels = json.loads(meta[LABELS])
+    except json.JSONDecodeError:
+        labels = None
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise CheckpointError(f"checkpoint {path}: its {LABELS} metadata is not a list of label names")
+    return labels
+
+
+def require_language_model(path: str | Path, where: str) -> None:
+    """Refuse a classifier where a language model is needed (``where``: the command or setting), from its
+    metadata or state alone, before anything is written."""
+    labels = checkpoint_labels(path)
+    if labels is not None:
+        raise CheckpointError(f"checkpoint {path}: a classifier (lmforge finetune objective classification; labels "
+                              f"{', '.join(labels)}), not a language model; {where} needs a language model")
+
+
+def classifier_ids(text_ids: list[int], eos: int, seq_len: int) -> list[int]:
+    """What a classifier reads: the text's tokens (the last ``seq_len - 1``: the end is nearest the classified
+    position), then end-of-text, the position whose logits are the labels'."""
+    return [*list(text_ids)[-(seq_len - 1):], eos]
 
 
 def checkpoint_dims(path: str | Path) -> ModelDims:
@@ -201,14 +255,26 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
             raise CheckpointError(f"checkpoint {path}: a LoRA fine-tuning checkpoint (adapters beside the base's "
                                   "weights); load the fine-tuned model, LoRA merged: finetuned (its run's "
                                   "finetune/model.safetensors)")
-        model = Decoder(model_dims(path, state))
+        labels = _state_labels(state)
+        model = _decoder(model_dims(path, state), labels)
         load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
+        if labels is not None:
+            state = {**state, "labels": labels}
     return LoadedModel(model.to(device).eval(), state, path, model_tokenizer_path(path))
+
+
+def _decoder(dims: ModelDims, labels: list[str] | None = None) -> Decoder:
+    """``Decoder(dims)``; a classifier's with a head of one logit per label in place of the LM head."""
+    model = Decoder(dims)
+    if labels is not None:
+        model.lm_head = nn.Linear(dims.d_model, len(labels), bias=False)
+    return model
 
 
 def _load_exported(path: Path) -> tuple[Decoder, dict]:
     """A file of ``lmforge export``: canonical tensor names, the model dimensions in its metadata."""
     meta, dims = _exported_metadata(path)
+    labels = _exported_labels(path, meta)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
@@ -220,18 +286,22 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
             raise CheckpointError(f"checkpoint {path}: quantized tensors do not fit the model it describes "
                                   f"({str(exc).splitlines()[0]})") from None
     else:
-        model = _decoder_with(path, dims, tensors)
+        model = _decoder_with(path, dims, tensors, labels)
     seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
     state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
              "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
     if "lmforge.quantization" in meta:
         state["quantization"] = json.loads(meta["lmforge.quantization"])
+    elif labels is not None:
+        state["labels"] = labels
     return model, state
 
 
-def _decoder_with(path: Path, dims: ModelDims, tensors: dict[str, torch.Tensor]) -> Decoder:
-    """A ``Decoder(dims)`` holding ``tensors`` (canonical names: every weight once, shapes checked), in fp32."""
-    model = Decoder(dims)
+def _decoder_with(path: Path, dims: ModelDims, tensors: dict[str, torch.Tensor],
+                  labels: list[str] | None = None) -> Decoder:
+    """A ``Decoder(dims)`` (a classifier's with ``labels``) holding ``tensors`` (canonical names: every weight
+    once, shapes checked), in fp32."""
+    model = _decoder(dims, labels)
     views = model_views(model, dims)
     if set(tensors) != set(views):
         raise CheckpointError(f"checkpoint {path}: tensors do not fit the model it describes "

@@ -12,7 +12,14 @@ from pathlib import Path
 import torch
 
 from lmforge.checkpoint.export import write_exported, write_quantized
-from lmforge.checkpoint.load import checkpoint_dims, checkpoint_seq_len, load_model, model_tokenizer_path, pick
+from lmforge.checkpoint.load import (
+    checkpoint_dims,
+    checkpoint_seq_len,
+    load_model,
+    model_tokenizer_path,
+    pick,
+    require_language_model,
+)
 from lmforge.compress.calibration import calibration_windows, input_norms
 from lmforge.compress.config import CompressConfig
 from lmforge.compress.distill import check_student, distillation_loss, train_student
@@ -66,6 +73,7 @@ def check_compress(run: RunDir, cfg: RunConfig) -> CompressPlan:
     if repeated is not None:
         raise CompressError(f"compress.variants: the name {repeated!r} is {'reserved' if repeated == 'dense' else 'used twice'}")
     dense = pick(run, cc.checkpoint).absolute()
+    require_language_model(dense, "lmforge compress")
     dims = checkpoint_dims(dense)
     for i, v in enumerate(cc.variants):
         if v.method == "two_four":

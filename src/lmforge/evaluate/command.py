@@ -21,7 +21,7 @@ def eval_(recipe, overrides, run_dir, checkpoint, other):
     """Validation loss and every task of eval.tasks (accuracy, F1, calibration, ...), each with a confidence
     interval; eval.select chooses among the kept checkpoints."""
     from lmforge import pipeline
-    from lmforge.checkpoint.load import pick
+    from lmforge.checkpoint.load import pick, require_language_model
     from lmforge.data.packing import TokenShards
     from lmforge.evaluate.stage import checkpoint_for
 
@@ -34,7 +34,7 @@ def eval_(recipe, overrides, run_dir, checkpoint, other):
     if cfg.eval.select is None or checkpoint is not None:
         checkpoint_for(run, cfg, checkpoint or "latest", TokenShards(run.tokens("val")).vocab_size)
     if other is not None:
-        pick(run, other)
+        require_language_model(pick(run, other), "eval --compare")
     summary = pipeline.run_alone(run, cfg, "eval", opts, again=True)
     after = summary["after"]
     click.echo(f"val loss {after['loss']:.4f}  perplexity {after['perplexity']:.2f}  "

@@ -50,7 +50,7 @@ except ImportError:
     raise ImportError("lmforge.evaluate.lm_eval_model needs lm-evaluation-harness: pip install 'lm_eval>=0.4.13,<0.5' "
                       "(requirements-dev.txt pins it)") from None
 
-from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, pick
+from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, pick, require_language_model
 from lmforge.data.tokenizer import load_tokenizer
 from lmforge.errors import LmforgeError
 from lmforge.evaluate.scoring import greedy_continuations, loglikelihoods, rolling_loglikelihood
@@ -87,6 +87,7 @@ class LmforgeLM(LM):
         self._device = _device(device)
         self.tokenizer = load_tokenizer(run.tokenizer)
         path = pick(run, None if checkpoint is None else str(checkpoint))
+        require_language_model(path, "lm-evaluation-harness")
         dims = checkpoint_dims(path)
         vocab = self.tokenizer.get_vocab_size()
         if dims.vocab_size != vocab:

@@ -11,7 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.checkpoint.load import check_fits, checkpoint_dims, load_model, model_tokenizer_path, pick
+from lmforge.checkpoint.load import (
+    check_fits,
+    checkpoint_dims,
+    load_model,
+    model_tokenizer_path,
+    pick,
+    require_language_model,
+)
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.progress import info, track
 from lmforge.data.packing import INDEX, TokenShards, pack_tokens
@@ -33,13 +40,15 @@ from lmforge.train.config import sequence_length
 from lmforge.train.validation import window_losses
 
 
-def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_size: int):
+def checkpoint_for(run: RunDir, cfg: RunConfig, checkpoint: str | None, vocab_size: int, where: str = "lmforge eval"):
     """The checkpoint ``checkpoint`` names (``pick``). One that reads this run's tokens must hold this run's
     model (the recipe's dimensions over the run's vocabulary), unless it lies in this run's directory (a
     compressed variant with fewer channels: the vocabulary must still be the run's). A model with a tokenizer of its own (a Hugging
     Face folder, a fine-tune of one) is scored with that tokenizer, which must fit its embeddings and name an
-    end-of-text token. Reads no tensor, so commands check it before anything is written."""
+    end-of-text token; a classifier is refused (``where`` needs a language model). Reads no tensor, so commands
+    check it before anything is written."""
     path = pick(run, checkpoint)
+    require_language_model(path, where)
     dims = checkpoint_dims(path)
     theirs = own_tokenizer(run, path)
     if theirs is None:
@@ -200,8 +209,9 @@ def sample_texts(run: RunDir, cfg: RunConfig, device: torch.device, *, prompt: s
     """Samples of ``prompt`` with the model ``checkpoint`` names, in its own tokenizer (the run's, or one a
     Hugging Face model brings); with ``ensemble``, that model and these as one (``model.ensemble``: their
     next-token distributions combined by ``ensemble_mode``), which must share the tokenizer."""
-    path = checkpoint_for(run, cfg, checkpoint, load_tokenizer(run.tokenizer).get_vocab_size())
-    others = [checkpoint_for(run, cfg, other, load_tokenizer(run.tokenizer).get_vocab_size()) for other in ensemble]
+    path = checkpoint_for(run, cfg, checkpoint, load_tokenizer(run.tokenizer).get_vocab_size(), "lmforge generate")
+    others = [checkpoint_for(run, cfg, other, load_tokenizer(run.tokenizer).get_vocab_size(), "generate --ensemble")
+              for other in ensemble]
     mine = tokenizer_digest(own_tokenizer(run, path) or run.tokenizer)
     for i, other in enumerate(others):
         if tokenizer_digest(own_tokenizer(run, other) or run.tokenizer) != mine:

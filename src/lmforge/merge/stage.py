@@ -14,7 +14,13 @@ import numpy as np
 import torch
 
 from lmforge.checkpoint.export import exported_metadata
-from lmforge.checkpoint.load import TRAINING_ONLY, checkpoint_seq_len, model_tokenizer_path, pick
+from lmforge.checkpoint.load import (
+    TRAINING_ONLY,
+    checkpoint_seq_len,
+    model_tokenizer_path,
+    pick,
+    require_language_model,
+)
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.progress import info, track
 from lmforge.data.tokenizer import eos_id_of, keep_tokenizer, model_tokenizer, tokenizer_digest
@@ -55,7 +61,10 @@ def check_merge(run: RunDir, cfg: RunConfig) -> MergePlan:
     named = [(f"merge.inputs[{i}]", entry) for i, entry in enumerate(mc.inputs)]
     if mc.base is not None:
         named.append(("merge.base", mc.base))
-    sources = [WeightSource(pick(run, entry).absolute(), where) for where, entry in named]
+    picked = [(pick(run, entry).absolute(), where) for where, entry in named]
+    for path, where in picked:  # before any header is read
+        require_language_model(path, f"lmforge merge ({where})")
+    sources = [WeightSource(path, where) for path, where in picked]
     first = sources[0]
     for source in sources[1:]:
         ours, theirs = first.dims.to_dict(), source.dims.to_dict()

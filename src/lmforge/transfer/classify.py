@@ -11,7 +11,8 @@ run's documents, training examples from the training documents and test examples
 documents; or a task YAML with ``train_path``), or from the documents' ``label`` (a source's ``label_field``:
 ``finetune.sources`` or the run's ``data.sources``), whose validation split is the test set. A seeded
 ``finetune.val_fraction`` of the training examples is held out for the loop's validation; the test set is
-scored at the end with the evaluation stage's metrics (accuracy, per-class F1, calibration, intervals).
+scored at the end with the evaluation stage's metrics (accuracy, per-class F1, calibration, intervals), and the
+classifier is written as ``finetune/model.safetensors`` with its labels (``checkpoint.load.load_model`` loads it).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lmforge.checkpoint.load import classifier_ids
 from lmforge.data.tokenizer import read_tokenizer
 from lmforge.distributed.context import DistContext
 from lmforge.distributed.parallelize import scalar
@@ -114,12 +116,13 @@ def documents_task(docs: Path) -> Task:
 
 
 def encode(examples, labels: list[str], tokenizer, eos: int, seq_len: int, where: str) -> list[LabelledExample]:
-    """Text tokens (the last ``seq_len - 1`` kept: the end is nearest the classified position) + end-of-text."""
+    """Text tokens (the last ``seq_len - 1`` kept: the end is nearest the classified position) + end-of-text
+    (``checkpoint.load.classifier_ids``, what a loaded classifier reads)."""
     index = {label: i for i, label in enumerate(labels)}
     out = []
     for e in examples:
-        ids = tokenizer.encode(e.text, add_special_tokens=False).ids[-(seq_len - 1):]
-        out.append(LabelledExample(np.array([*ids, eos], dtype=np.int64), index[e.label], f"{where}:{e.id}"))
+        ids = classifier_ids(tokenizer.encode(e.text, add_special_tokens=False).ids, eos, seq_len)
+        out.append(LabelledExample(np.array(ids, dtype=np.int64), index[e.label], f"{where}:{e.id}"))
     return out
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import torch
 
-from lmforge.checkpoint.load import checkpoint_dims, load_checkpoint, load_model, model_tokenizer_path, pick
+from lmforge.checkpoint.load import (
+    checkpoint_dims,
+    load_checkpoint,
+    load_model,
+    model_tokenizer_path,
+    pick,
+    require_language_model,
+)
 from lmforge.checkpoint.export import write_exported
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info
@@ -144,6 +151,7 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
     LoRA targets, the sequence length, existing checkpoints without --resume (or ``redo``: they will go)."""
     fc = finetune_settings(cfg)
     base = pick(run, fc.base).absolute()
+    require_language_model(base, "finetune.base")
     dims = checkpoint_dims(base)
     data = plan_data(run, cfg, model_tokenizer_path(base))
     if fc.sources is not None and fc.objective == "sft":
@@ -267,8 +275,7 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
                     "val_records": len(plan.batches.val)}
     if isinstance(plan.batches, ClassBatches):
         summary |= classifier_outputs(ft_run, plan, fc, cfg, ctx.device)
-    else:
-        summary |= write_outputs(ft_run, plan, fc)
+    summary |= write_outputs(ft_run, plan, fc)
     atomic_write_json(ft_run.stage_summary(STAGE), summary)
     return summary
 
@@ -306,19 +313,25 @@ def classifier_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneC
 def write_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig) -> dict:
     """From the latest fine-tuning checkpoint: ``finetune/model.safetensors``, the fine-tuned model as an
     exported file (LoRA merged into the weights by peft) that every stage loads (``--checkpoint finetuned``),
-    and for LoRA the adapter in peft's format for the base's HF export."""
+    and for LoRA the adapter in peft's format for the base's HF export. A classifier's file records its labels
+    and its head (one row per label) apart from the embeddings (its dimensions say the head is untied)."""
     model, state = trained_model(ft_run, plan, fc)
+    labels = plan.batches.labels if isinstance(plan.batches, ClassBatches) else None
+    dims = plan.dims if labels is None else dataclasses.replace(plan.dims, tie_embeddings=False)
     out = {}
     if fc.mode == "lora":
-        adapter = save_hf_adapter(model, plan.dims, fc.lora, plan.lora_targets, ft_run.adapter, base=str(plan.base))
-        out["adapter"] = str(adapter.relative_to(ft_run.root))
+        if labels is None:  # a classifier's adapters sit under a head the HF export has no place for
+            adapter = save_hf_adapter(model, plan.dims, fc.lora, plan.lora_targets, ft_run.adapter, base=str(plan.base))
+            out["adapter"] = str(adapter.relative_to(ft_run.root))
         merge_lora(model)
-        plain = Decoder(plan.dims)
+        plain = Decoder(dims)
+        if labels is not None:
+            classification_head(len(labels))(plain)
         plain.load_state_dict(unwrapped_state(model))
         model = plain
-    weights = {name: view.detach().contiguous().clone() for name, view in model_views(model, plan.dims).items()}
-    write_exported(ft_run.model_file, weights, plan.dims.to_dict(), state["step"], state["resume_key"]["seq_len"],
-                   f"finetune-{fc.mode}")
+    weights = {name: view.detach().contiguous().clone() for name, view in model_views(model, dims).items()}
+    write_exported(ft_run.model_file, weights, dims.to_dict(), state["step"], state["resume_key"]["seq_len"],
+                   f"finetune-{fc.mode}", labels)
     out["model"] = str(ft_run.model_file.relative_to(ft_run.root))
     return out
 
