@@ -18,6 +18,7 @@ from lmforge.data.command import data
 from lmforge.errors import LmforgeError
 from lmforge.estimate.command import estimate
 from lmforge.evaluate.command import eval_, generate
+from lmforge.explain.command import explain
 from lmforge.merge.command import merge
 from lmforge.run_command import run
 from lmforge.train.command import train
@@ -49,6 +50,7 @@ cli.add_command(optimizers)
 cli.add_command(finetune)
 cli.add_command(merge)
 cli.add_command(compress)
+cli.add_command(explain)
 
 
 def main(argv: list[str] | None = None) -> None:

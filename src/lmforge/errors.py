@@ -47,3 +47,8 @@ class MergeError(LmforgeError):
 
 class CompressError(LmforgeError):
     """A compression variant cannot be made: settings that do not fit the model, no calibration data."""
+
+
+class ExplainError(LmforgeError):
+    """An explanation cannot start: an empty text, a target that does not fit, an unknown layer or method, a label
+    the classifier does not have."""

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from lmforge.compress.config import CompressConfig
+from lmforge.explain.config import ExplainConfig
 from lmforge.core.config import StrictModel
 from lmforge.data.config import DataConfig, PackConfig, TokenizerConfig
 from lmforge.distributed.config import ParallelConfig
@@ -43,6 +44,7 @@ class RunConfig(StrictModel):
     finetune: FinetuneConfig | None = None  # lmforge finetune (not part of lmforge run); absent: its defaults
     merge: MergeConfig | None = None  # lmforge merge (not part of lmforge run)
     compress: CompressConfig | None = None  # lmforge compress (not part of lmforge run)
+    explain: ExplainConfig | None = None  # lmforge explain (not part of lmforge run)
 
     def section_hash(self, *sections: str) -> str:
         """A fingerprint of some sections, to tell whether a finished stage is still valid."""

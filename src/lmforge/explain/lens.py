@@ -16,7 +16,7 @@ def lens_logits(model: Decoder, residuals: list[torch.Tensor]) -> list[torch.Ten
 
 
 def top_tokens(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, k) ids and probabilities of the ``k`` likeliest next tokens at every position."""
+    """(T, k) ids and probabilities of the ``k`` likeliest next tokens (labels) at every position."""
     probs = logits.float().softmax(dim=-1)
-    top = probs.topk(k, dim=-1)
+    top = probs.topk(min(k, probs.shape[-1]), dim=-1)  # a classifier may have fewer labels than k
     return top.indices, top.values
