@@ -96,14 +96,42 @@ def test_a_classifiers_task_examples_and_their_segments(trained_base, tmp_path):
             ids = classifier_ids(classifier.tokenizer.encode(e.text, add_special_tokens=False).ids,
                                  classifier.eos_id, classifier.seq_len)
             correct += classifier.labels[int(classifier.model(torch.tensor([ids]))[0, -1].argmax())] == e.label
-    assert permutation["baseline"] == correct / 8 and permutation["examples"] == 8
+    assert permutation["baseline"] == correct / 8 and permutation["rows"] == 8
     assert np.array(permutation["importances"]).shape == (len(permutation["features"]), 2)
     assert (folder / "permutation.png").is_file() and "Permutation importance" in (folder / "index.html").read_text()
+    # a table's columns: each row read as "name: value" lines; the code column carries the label, noise nothing
+    table = tmp_path / "rows.csv"
+    rows = [{"noise": i % 3, "code": e.text.splitlines()[0].replace('"', "'"), "package": e.label}
+            for i, e in enumerate(examples)]
+    table.write_text("noise,code,package\n" + "".join(f'{r["noise"]},"{r["code"]}",{r["package"]}\n' for r in rows))
+    code, out, err = run_cli("explain", "--run-dir", str(root), "--checkpoint", "finetuned", "--text", "import os",
+                             "--method", "occlusion", "--set", f"explain.permutation.table={{path: '{table}', label: "
+                             "package}", "--set", "explain.permutation.repeats=2", "--set", "explain.anatomy=false",
+                             *FAST)
+    assert code == 0, err
+    by_column = json.loads((folder / "permutation.json").read_text())
+    assert by_column["features"] == ["noise", "code"] and by_column["rows"] == 8
+    correct = 0
+    with torch.no_grad():
+        for r in rows:
+            ids = classifier_ids(classifier.tokenizer.encode(f"noise: {r['noise']}\ncode: {r['code']}\n",
+                                                             add_special_tokens=False).ids,
+                                 classifier.eos_id, classifier.seq_len)
+            correct += classifier.labels[int(classifier.model(torch.tensor([ids]))[0, -1].argmax())] == r["package"]
+    assert by_column["baseline"] == correct / 8
     before = snapshot(root)
     code, _, err = run_cli("explain", "--run-dir", str(root), "--checkpoint", "finetuned", "--text", "import os",
                            "--target", "numpy")
     assert_error_line(code, err, f"error: explain.text: label 'numpy' is not one of the classifier's labels "
                                  f"{classifier.labels}")
+    code, _, err = run_cli("explain", "--run-dir", str(root), "--checkpoint", "finetuned", "--text", "import os",
+                           "--set", f"explain.permutation.table={{path: '{table}', label: noise}}")
+    assert_error_line(code, err, f"error: explain.permutation.table: {table}: label '0' is not one of the "
+                                 f"classifier's labels {classifier.labels}")
+    code, _, err = run_cli("explain", "--run-dir", str(root), "--checkpoint", "finetuned", "--text", "import os",
+                           "--set", f"explain.permutation.table={{path: '{table}', label: package, columns: [age]}}")
+    assert_error_line(code, err, f"error: explain.permutation.table: {table} has no column 'age' (it has noise, "
+                                 "code, package)")
     assert snapshot(root) == before
 
 

@@ -92,7 +92,7 @@ def attribute(model: Decoder, target: Target, method: str, s: AttributionSetting
     """``method``'s attribution of ``target`` to its context tokens."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: one of {', '.join(METHODS)}")
-    device = model.embed_tokens.weight.device
+    device = model.rope_cos.device
     n = len(target.context)
     inputs = torch.tensor([target.ids], device=device)  # (1, T)
     baseline = inputs.clone()

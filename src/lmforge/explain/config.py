@@ -29,8 +29,19 @@ class FaithfulnessSettings(StrictModel):
     batch_size: int = Field(default=8, ge=1)
 
 
+class TableSource(StrictModel):
+    """A table whose columns are the features: each row read as one line per column, ``name: value``."""
+    path: str = Field(default="run", description="a CSV or Parquet file, or run: the run's cleaned validation table "
+                      "(curate/tabular/val.parquet, from data.tabular)")
+    label: str | None = Field(default=None, description="the label column; default: data.tabular.label")
+    columns: list[str] | None = Field(default=None, min_length=1, description="the feature columns, in the order "
+                                      "the rows are written; default: every column but the label")
+
+
 class PermutationSettings(StrictModel):
     segments: Literal["lines", "sentences"] = "lines"
+    table: TableSource | None = Field(default=None, description="permute a table's columns instead of a task's "
+                                      "segments")
     repeats: int = Field(default=5, ge=1)
     examples: int = Field(default=64, ge=2, description="the task's first examples that are shuffled among")
     max_segments: int = Field(default=12, ge=1, description="features: the first segments, the rest of a longer "

@@ -2,7 +2,7 @@
 
 Per example: token attributions toward its target (``explain.attributions``), each with its faithfulness
 (``explain.faithfulness``), the attention maps and rollout, the logit lens; once per model its anatomy; with a
-classification task the permutation importance of its segments. Written as ``explain/<example>.html``
+classification task or a table the permutation importance of its segments or columns (``explain.importance``). Written as ``explain/<example>.html``
 (self-contained), PNG figures, ``explain/attributions.json`` (every number), ``explain/anatomy.json`` and
 ``explain/summary.json``; the folder is built under a temporary name and appears whole, replacing an earlier one.
 """
@@ -14,17 +14,12 @@ import re
 import tempfile
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from lmforge.checkpoint.load import LoadedModel, classifier_ids, load_model, pick
+from lmforge.checkpoint.load import LoadedModel, load_model, pick
 from lmforge.core.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from lmforge.core.progress import info, track
 from lmforge.data.tokenizer import eos_id_of, load_tokenizer
-from lmforge.errors import ExplainError, LmforgeError
-from lmforge.evaluate.scoring import encode_pair, score_token_pairs
-from lmforge.evaluate.task_eval import EvalSettings
-from lmforge.evaluate.task_examples import ClassificationExample
+from lmforge.errors import ExplainError
+from lmforge.evaluate.scoring import encode_pair
 from lmforge.evaluate.task_sources import BUILTIN_KINDS, builtin_tasks
 from lmforge.evaluate.tasks import Task, load_task
 from lmforge.explain import html, plots
@@ -35,8 +30,8 @@ from lmforge.explain.config import ExplainConfig
 from lmforge.explain.faithfulness import faithfulness
 from lmforge.explain.internals import trace
 from lmforge.explain.lens import lens_logits, top_tokens
-from lmforge.explain.permutation import joined, permutation_importance, segment_matrix
-from lmforge.explain.targets import Target, continuation_target, hidden_states, label_target, next_token_target
+from lmforge.explain.importance import PermutationInput, importance, permutation_input
+from lmforge.explain.targets import Target, continuation_target, label_target, next_token_target
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 
@@ -50,8 +45,9 @@ class ExplainPlan:
     tokenizer: object
     eos: int
     items: list[tuple[str, Target]]  # (example name, target)
-    task: Task | None  # the task the examples came from (permutation importance)
+    task: Task | None  # the task the examples came from
     settings: AttributionSettings
+    permutation: PermutationInput | None  # the labelled inputs of permutation importance
 
     @property
     def labels(self) -> list[str] | None:
@@ -81,9 +77,9 @@ def check_explain(run: RunDir, cfg: RunConfig, device="cpu") -> ExplainPlan:
     tokenizer = loaded.tokenizer if loaded.tokenizer_path is not None else _run_tokenizer(run)
     eos = eos_id_of(tokenizer)
     baseline = eos if ec.baseline == "eos" else ec.baseline
-    if baseline is None or not 0 <= baseline < model.embed_tokens.num_embeddings:
+    if baseline is None or not 0 <= baseline < model.dims.vocab_size:
         raise ExplainError(f"explain.baseline: {ec.baseline} is not a token of the model's vocabulary of "
-                           f"{model.embed_tokens.num_embeddings}")
+                           f"{model.dims.vocab_size}")
     task = None
     if ec.task is not None:
         task = _task(run, cfg, ec.task, tokenizer, model.dims.context_length)
@@ -95,7 +91,8 @@ def check_explain(run: RunDir, cfg: RunConfig, device="cpu") -> ExplainPlan:
     ig = ec.integrated_gradients
     settings = AttributionSettings(ec.layer, baseline, ig.steps, ig.method, ig.tolerance, ig.max_steps,
                                    ig.internal_batch_size, ec.perturbations_per_eval, ec.shapley_samples, ec.seed)
-    return ExplainPlan(path, loaded, tokenizer, eos, items, task, settings)
+    permutation = permutation_input(run, cfg, ec.permutation, task, loaded.labels)
+    return ExplainPlan(path, loaded, tokenizer, eos, items, task, settings, permutation)
 
 
 def _run_tokenizer(run: RunDir):
@@ -244,55 +241,6 @@ def explain_item(plan: ExplainPlan, ec: ExplainConfig, name: str, target: Target
     return entry
 
 
-def permutation_of(plan: ExplainPlan, ec: ExplainConfig, device) -> dict | None:
-    """Permutation importance of the task's segments (classification tasks), on its first examples."""
-    task, p = plan.task, ec.permutation
-    if task is None or p is None or task.kind != "classification":
-        return None
-    examples = task.examples[:p.examples]
-    X = segment_matrix([ex.text for ex in examples], p.segments)
-    if X.shape[1] > p.max_segments:  # the rest of a long text stays together as the last feature
-        X = np.concatenate([X[:, :p.max_segments - 1], np.array(joined(X[:, p.max_segments - 1:]),
-                                                                 dtype=object)[:, None]], axis=1)
-    y = np.array([ex.label for ex in examples], dtype=object)
-    unit = p.segments.removesuffix("s")
-    names = [f"{unit} {j + 1}" for j in range(X.shape[1])]
-    if X.shape[1] == p.max_segments:
-        names[-1] += "+"
-    predict = classifier_predictions if plan.labels is not None else prompted_predictions
-    result = permutation_importance(lambda X, y: float(np.mean(predict(plan, task, joined(X), device) == y)),
-                                    X, y, p.repeats, ec.seed, names)
-    return result.to_dict() | {"examples": len(examples), "segments": p.segments, "score": "accuracy"}
-
-
-@torch.no_grad()
-def classifier_predictions(plan: ExplainPlan, task: Task, texts: list[str], device) -> np.ndarray:
-    """The classifier's label for each text (its head at the end-of-text after the text)."""
-    model, labels, out = plan.loaded.model, plan.labels, []
-    for text in texts:
-        ids = classifier_ids(plan.tokenizer.encode(text, add_special_tokens=False).ids, plan.eos, plan.loaded.seq_len)
-        h = hidden_states(model, torch.tensor([ids], device=device))[:, -1]
-        out.append(labels[int(model.lm_head(h).argmax(-1))])
-    return np.array(out, dtype=object)
-
-
-def prompted_predictions(plan: ExplainPlan, task: Task, texts: list[str], device) -> np.ndarray:
-    """A language model's label for each text, scored as the evaluation stage scores a classification task (the
-    likeliest label word after the prompt); a prompt that shuffled segments made longer than the context keeps its
-    last tokens, as lm-eval truncates."""
-    n = plan.loaded.model.dims.context_length
-    pairs = []
-    for ex, text in zip(task.examples, texts):
-        prompt = task.prompt(ClassificationExample(ex.id, text, ex.label))
-        for word in task.verbalizers.values():
-            context, continuation = encode_pair(plan.tokenizer, prompt, word)
-            pairs.append((context[-(n + 1 - len(continuation)):], continuation))
-    scores = score_token_pairs(plan.loaded.model, pairs, EvalSettings().batch_size, device)
-    lls = np.array([s.logprob for s in scores]).reshape(len(texts), len(task.verbalizers))
-    labels = list(task.verbalizers)
-    return np.array([labels[i] for i in lls.argmax(axis=1)], dtype=object)
-
-
 def run_explain(run: RunDir, cfg: RunConfig, plan: ExplainPlan, device="cpu") -> dict:
     ec = settings_of(cfg)
     examples, entries = {}, {}
@@ -312,11 +260,10 @@ def run_explain(run: RunDir, cfg: RunConfig, plan: ExplainPlan, device="cpu") ->
             atomic_write_json(folder / "anatomy.json", facts)
             plots.anatomy_png(facts["matrices"], folder / "anatomy.png")
             figures["anatomy"] = folder / "anatomy.png"
-        try:
-            permuted = permutation_of(plan, ec, device)
-        except LmforgeError as exc:
-            raise ExplainError(f"explain.permutation: {exc}") from None
-        if permuted is not None:
+        permuted = None
+        if plan.permutation is not None:
+            permuted = importance(plan.permutation, plan.loaded.model, plan.tokenizer, plan.eos, plan.labels,
+                                  plan.loaded.seq_len, ec.permutation.repeats, ec.seed, device)
             plots.permutation_png(permuted, folder / "permutation.png")
             figures["permutation"] = folder / "permutation.png"
             atomic_write_json(folder / "permutation.json", permuted)

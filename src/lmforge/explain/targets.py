@@ -112,4 +112,4 @@ def log_probs_of_contexts(model: Decoder, contexts: list[list[int]], target: Tar
 
 
 def _device(model: Decoder) -> torch.device:
-    return model.embed_tokens.weight.device
+    return model.rope_cos.device  # a buffer every decoder has (a quantized one has no float embedding weight)

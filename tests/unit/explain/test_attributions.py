@@ -25,9 +25,9 @@ CONTEXT = [5, 17, 3, 42, 8, 8, 61, 1, 29, 13, 7, 50]
 START = 0
 
 
-def decoder(noise: float = 0.1, labels: int | None = None) -> Decoder:
+def decoder(noise: float = 0.1, labels: int | None = None, **dims) -> Decoder:
     torch.manual_seed(0)
-    m = Decoder(ModelDims(vocab_size=64, **SIZES["debug"]))
+    m = Decoder(ModelDims(vocab_size=64, **(SIZES["debug"] | dims)))
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * noise)
@@ -215,3 +215,28 @@ def test_segments_join_back():
     assert split_segments("a\nb\n", "lines") == ["a\n", "b\n"]
     X = segment_matrix(["a\nb", "c"], "lines")
     assert X.tolist() == [["a\n", "b"], ["c", ""]] and joined(X) == ["a\nb", "c"]
+
+
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_a_quantized_model_is_explained_by_occlusion_attention_and_lens(method):
+    from lmforge.explain.attention import attention_maps, attention_outputs
+    from lmforge.explain.internals import trace
+    from lmforge.explain.lens import lens_logits
+    from lmforge.model.quantized import quantize
+
+    m = quantize(decoder(ffn_hidden=192), method, 32 if method == "int4" else None).eval()
+    t = next_token_target(m, CONTEXT, None, str)
+    # one input per forward: int8 quantizes activations per tensor, so a batch of perturbed inputs would share scales
+    a = attribute(m, t, "occlusion", AttributionSettings(baseline_token=START, perturbations_per_eval=1))
+    with torch.no_grad():
+        whole = float(log_prob(m, torch.tensor([t.ids]), t))
+        for i in range(len(CONTEXT)):
+            ids = t.ids
+            ids[i] = START
+            assert abs(a.scores[i] - (whole - float(log_prob(m, torch.tensor([ids]), t)))) < 1e-6
+    inside = trace(m, t.ids)
+    maps = attention_maps(m, inside.attention_inputs)
+    assert all(torch.allclose(x.sum(-1), torch.ones(x.shape[:2]), atol=1e-5) for x in maps)
+    for ours, theirs in zip(attention_outputs(m, inside.attention_inputs, maps), inside.attention_outputs):
+        assert (ours - theirs).abs().max().item() < 1e-3  # activations quantized again per call (int8)
+    assert torch.allclose(lens_logits(m, inside.residuals)[-1], inside.logits, atol=1e-5)
