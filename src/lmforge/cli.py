@@ -21,6 +21,7 @@ from lmforge.evaluate.command import eval_, generate
 from lmforge.explain.command import explain
 from lmforge.merge.command import merge
 from lmforge.run_command import run
+from lmforge.secure.command import secure
 from lmforge.train.command import train
 from lmforge.transfer.command import finetune
 from lmforge.tune.command import tune
@@ -51,6 +52,7 @@ cli.add_command(finetune)
 cli.add_command(merge)
 cli.add_command(compress)
 cli.add_command(explain)
+cli.add_command(secure)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,11 +26,21 @@ def common_options(func):
                        "recipe stored in the run directory is used.")
     @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
     @click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")
+    @click.option("--key", "model_key", type=click.Path(dir_okay=False, path_type=Path),
+                  help="Private key (X25519 or RSA PEM) that opens encrypted models (lmforge secure encrypt); a "
+                       "passphrase is read from LMFORGE_KEY_PASSPHRASE.")
+    @click.option("--verify-with", "verify_with", type=click.Path(dir_okay=False, path_type=Path),
+                  help="EC P-256 public key: every model loaded must carry a valid signature by it (lmforge "
+                       "secure sign), checked before any byte of it is parsed.")
     @functools.wraps(func)
-    def wrapper(*args, debug: bool, quiet: bool, **kwargs):
+    def wrapper(*args, debug: bool, quiet: bool, model_key: Path | None, verify_with: Path | None, **kwargs):
+        from lmforge.checkpoint.load import opened_with
+        from lmforge.secure.gate import gate_for
+
         DEBUG["on"] = DEBUG["on"] or debug
         progress.set_enabled(not quiet)
-        return func(*args, **kwargs)
+        with opened_with(gate_for(model_key, verify_with)):
+            return func(*args, **kwargs)
 
     return wrapper
 

@@ -52,3 +52,8 @@ class CompressError(LmforgeError):
 class ExplainError(LmforgeError):
     """An explanation cannot start: an empty text, a target that does not fit, an unknown layer or method, a label
     the classifier does not have."""
+
+
+class SecureError(LmforgeError):
+    """A key, an encrypted file or a signature is unusable: an unknown or malformed key file, a key of the wrong
+    kind, the wrong key or passphrase, a tampered or truncated envelope, a missing or mismatched signature."""

@@ -8,21 +8,30 @@ one logit per label (``LoadedModel.labels``), read at the end-of-text token afte
 stages that need a language model refuse it by name (``require_language_model``). A folder's integrity
 manifest (the SHA-256 of every file, in ``state.json``) is checked before any tensor is parsed; an exported
 file and an HF folder's weights are plain safetensors (a JSON header and raw tensors, nothing executable).
+
+Protected checkpoints pass the same gate: an access (``lmforge.secure.gate.Gate``, from a command's ``--key`` /
+``--verify-with``, installed by ``opened_with`` or given as ``access=``) first verifies the signature of the path
+asked for, then gives the in-memory plaintext of every encrypted file (an exported file, or each file of an
+encrypted checkpoint folder, whose manifest is then checked against the plaintext) before any of it is parsed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+import hashlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 from torch import nn
 
-from lmforge.checkpoint.formats import STATE_FILE, load_safetensors, read_state, restore_rng
+from lmforge.checkpoint.formats import MODEL_FILE, STATE_FILE, load_safetensors, read_state, restore_rng
 from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
@@ -36,6 +45,62 @@ from lmforge.rundir import RunDir
 
 CHOICES = ("latest", "best", "selected", "finetuned", "merged")
 LABELS = "lmforge.labels"  # a classifier's exported metadata: its labels in the order of its head's rows (JSON list)
+
+# How checkpoints are opened: None (plain files only), or an object with ``check(path)`` (a signature, where one is
+# asked for) and ``plaintext(file) -> bytes | None`` (an encrypted file's, None for a plain one): lmforge.secure's Gate
+ACCESS: contextvars.ContextVar = contextvars.ContextVar("lmforge_checkpoint_access", default=None)
+
+
+@contextlib.contextmanager
+def opened_with(access) -> Iterator[None]:
+    """Within the block, every checkpoint read here goes through ``access`` (a command's --key / --verify-with)."""
+    token = ACCESS.set(access)
+    try:
+        yield
+    finally:
+        ACCESS.reset(token)
+
+
+def _checked(path: Path) -> Path:
+    """``path`` after its signature checked (when the access asks for one): before any byte of it is parsed."""
+    access = ACCESS.get()
+    if access is not None:
+        access.check(path)
+    return path
+
+
+def _plaintext(file: Path) -> bytes | None:
+    """An encrypted file's authenticated plaintext, in memory; None for a plain file."""
+    access = ACCESS.get()
+    return None if access is None or not file.is_file() else access.plaintext(file)
+
+
+def _state(path: Path, verify: bool) -> dict:
+    """A checkpoint folder's state (``formats.read_state``); an encrypted folder's decrypted in memory, its
+    manifest checked against every file's plaintext (every file of it must be encrypted)."""
+    data = _plaintext(path / STATE_FILE) if path.is_dir() else None
+    if data is None:
+        return read_state(path, verify=verify)
+    try:
+        state = json.loads(data)
+        files = state["files"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise CheckpointError(f"checkpoint {path / STATE_FILE}: corrupt state file (decrypted)") from None
+    if verify:
+        for name, digest in files.items():
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(f"checkpoint {file}: file is missing")
+            plain = _plaintext(file)
+            if plain is None:
+                raise CheckpointError(f"checkpoint {file}: not encrypted, unlike its folder's {STATE_FILE}")
+            if hashlib.sha256(plain).hexdigest() != digest:
+                raise CheckpointError(f"checkpoint {file}: corrupt (SHA-256 does not match state.json)")
+        extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != STATE_FILE)
+        if extra:
+            raise CheckpointError(f"checkpoint {path}: unexpected file {extra[0]} (not in the integrity manifest "
+                                  "of state.json)")
+    return state
 
 
 @dataclasses.dataclass
@@ -154,12 +219,12 @@ def _state_labels(state: dict) -> list[str] | None:
 def checkpoint_labels(path: str | Path) -> list[str] | None:
     """A classifier's labels in the order of its logits (an exported file's ``lmforge.labels``, a classification
     fine-tuning checkpoint's resume key), None for a language model; from metadata or state alone."""
-    path = Path(path)
+    path = _checked(Path(path))
     if path.is_file():
         return _exported_labels(path, _exported_metadata(path)[0])
     if is_hf_folder(path):
         return None
-    return _state_labels(read_state(path, verify=False))
+    return _state_labels(_state(path, verify=False))
 
 
 def _exported_labels(path: Path, meta: dict) -> list[str] | None:
@@ -192,24 +257,24 @@ def classifier_ids(text_ids: list[int], eos: int, seq_len: int) -> list[int]:
 def checkpoint_dims(path: str | Path) -> ModelDims:
     """The decoder a checkpoint folder or exported file holds, read from its state or metadata alone (no
     tensor is read, no hash is checked: ``load_model`` does that)."""
-    path = Path(path)
+    path = _checked(Path(path))
     if path.is_file():
         return _exported_metadata(path)[1]
     if is_hf_folder(path):
         return hf_dims(path)
-    return model_dims(path, read_state(path, verify=False))
+    return model_dims(path, _state(path, verify=False))
 
 
 def checkpoint_seq_len(path: str | Path) -> int:
     """The sequence length a checkpoint's model was trained with (an HF folder: its context), from its state or
     metadata alone."""
-    path = Path(path)
+    path = _checked(Path(path))
     if path.is_file():
         meta, dims = _exported_metadata(path)
         return int(meta.get("lmforge.seq_len", dims.context_length))
     if is_hf_folder(path):
         return hf_dims(path).context_length
-    state = read_state(path, verify=False)
+    state = _state(path, verify=False)
     return int(state.get("resume_key", {}).get("seq_len", model_dims(path, state).context_length))
 
 
@@ -239,9 +304,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     return load_safetensors(path, model, optimizer, state, restore_rng_state)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Build the decoder a checkpoint folder, exported file or HF folder describes and load its weights."""
-    path = Path(path)
+def load_model(path: str | Path, device: torch.device | str = "cpu", access=None) -> LoadedModel:
+    """Build the decoder a checkpoint folder, exported file or HF folder describes and load its weights; with
+    ``access`` (else the one ``opened_with`` installed), signed and encrypted ones too."""
+    if access is not None:
+        with opened_with(access):
+            return load_model(path, device)
+    path = _checked(Path(path))
     if path.is_file():
         model, state = _load_exported(path)
     elif is_hf_folder(path):
@@ -250,17 +319,42 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         state = {"step": 0, "format": "hf", "resume_key": {"model": dims.to_dict(), "seq_len": dims.context_length}}
         return LoadedModel(model.to(device).eval(), state, path, model_tokenizer_path(path))
     else:
-        state = read_state(path, verify=True)
+        state = _state(path, verify=True)
         if state.get("resume_key", {}).get("finetune", {}).get("mode") == "lora":
             raise CheckpointError(f"checkpoint {path}: a LoRA fine-tuning checkpoint (adapters beside the base's "
                                   "weights); load the fine-tuned model, LoRA merged: finetuned (its run's "
                                   "finetune/model.safetensors)")
         labels = _state_labels(state)
         model = _decoder(model_dims(path, state), labels)
-        load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
+        if _plaintext(path / STATE_FILE) is None:
+            load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
+        else:
+            _require_not_sharded(path, state)
+            _load_weights(path / MODEL_FILE, model, _plaintext(path / MODEL_FILE))
         if labels is not None:
             state = {**state, "labels": labels}
     return LoadedModel(model.to(device).eval(), state, path, model_tokenizer_path(path))
+
+
+def _require_not_sharded(path: Path, state: dict) -> None:
+    if state.get("format", "safetensors") == DCP_FORMAT:
+        raise CheckpointError(f"checkpoint {path}: an encrypted sharded (DCP) checkpoint does not load in memory; "
+                              "decrypt it first (lmforge secure decrypt), or encrypt its lmforge export")
+
+
+def _load_weights(file: Path, model: nn.Module, data: bytes) -> None:
+    """A decrypted ``model.safetensors`` into ``model``, as ``formats.load_safetensors`` does from disk: a weight
+    it does not hold must be tied to one it holds (safetensors drops shared tensors' aliases)."""
+    try:
+        tensors = load(data)
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except (SafetensorError, RuntimeError) as exc:
+        raise CheckpointError(f"checkpoint {file}: cannot load weights: {str(exc).splitlines()[0]}") from None
+    held = {t.data_ptr() for name, t in model.state_dict().items() if name in tensors}
+    untied = [name for name in missing if model.state_dict()[name].data_ptr() not in held]
+    if untied or unexpected:
+        raise CheckpointError(f"checkpoint {file}: weights do not fit this model "
+                              f"(missing {sorted(untied)[:3]}, unexpected {sorted(unexpected)[:3]})")
 
 
 def _decoder(dims: ModelDims, labels: list[str] | None = None) -> Decoder:
@@ -275,8 +369,9 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
     """A file of ``lmforge export``: canonical tensor names, the model dimensions in its metadata."""
     meta, dims = _exported_metadata(path)
     labels = _exported_labels(path, meta)
+    data = _plaintext(path)
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(str(path)) if data is None else load(data)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
     if "lmforge.quantization" in meta:  # a quantized model (``lmforge compress``): its own layers
@@ -318,15 +413,33 @@ def _decoder_with(path: Path, dims: ModelDims, tensors: dict[str, torch.Tensor],
 
 def _exported_metadata(path: Path) -> tuple[dict, ModelDims]:
     """The metadata of an exported file and the model dimensions it records."""
+    data = _plaintext(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        if data is None:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        else:
+            meta = _metadata_of(path, data)
         return meta, ModelDims(**json.loads(meta["lmforge.model"]))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
     except (KeyError, TypeError, json.JSONDecodeError):
         raise CheckpointError(f"checkpoint {path}: a safetensors file without lmforge's model metadata "
                               "(lmforge.model); not written by lmforge export") from None
+
+
+def _metadata_of(path: Path, data: bytes) -> dict:
+    """The ``__metadata__`` of safetensors bytes (its format: an 8-byte little-endian length, then that much JSON
+    header); safetensors' Python API reads metadata only from a file on disk."""
+    try:
+        length = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + length]) if 8 + length <= len(data) else None
+        meta = header.get("__metadata__") or {}
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: not a safetensors file (decrypted)")
+    return meta
 
 
 def model_tokenizer_path(path: Path) -> Path | None:
@@ -349,9 +462,14 @@ def consolidated_weights(path: Path, optimizer: bool = False) -> tuple[dict[str,
     With ``optimizer`` (DCP checkpoints), the optimizer state too: every entry, ``model.``/``optim.`` prefixed."""
     from torch.distributed.checkpoint import HuggingFaceStorageReader
 
-    path = Path(path)
-    state = read_state(path, verify=True)
+    path = _checked(Path(path))
+    state = _state(path, verify=True)
     dims = model_dims(path, state)
+    if _plaintext(path / STATE_FILE) is not None:  # decrypted in memory: canonical names through the model's views
+        _require_not_sharded(path, state)
+        model = _decoder(dims, _state_labels(state))
+        _load_weights(path / MODEL_FILE, model, _plaintext(path / MODEL_FILE))
+        return {k: v.detach().contiguous().clone() for k, v in model_views(model, dims).items()}, state
     if state.get("format") != DCP_FORMAT:
         return {k: v.contiguous().clone() for k, v in full_model_tensors(path, dims).items()}, state
     try:

@@ -1,0 +1,62 @@
+"""What the one model loader (``checkpoint.load``) is handed to open protected checkpoints: ``Gate.check(path)``
+verifies a file's or folder's signature (with ``--verify-with``) before any byte of it is parsed, and
+``Gate.plaintext(file)`` gives an encrypted file's plaintext in memory (every segment authenticated), or None for
+a plain file. Plaintext never touches disk here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmforge.errors import SecureError
+from lmforge.secure.envelope import Passphrase, decrypt_bytes, is_envelope
+from lmforge.secure.keys import ENCRYPTION_KINDS, SIGNING_KINDS, load_private, load_public
+from lmforge.secure.signing import verify
+
+PASSPHRASE_ENV = "LMFORGE_KEY_PASSPHRASE"
+
+
+class Gate:
+    def __init__(self, identity=None, verify_with: Path | None = None):
+        self.identity = identity  # a private key or Passphrase; None: encrypted files are refused
+        self.verify_with = verify_with  # an EC P-256 public key file; None: no signature is asked for
+        self._verified: set[Path] = set()
+        self._plain: dict[Path, bytes] = {}  # decrypted once per process: metadata, then weights, read the same file
+
+    def check(self, path: str | Path) -> None:
+        """Verify ``path``'s signature when ``--verify-with`` was given (once per path)."""
+        path = Path(path).absolute()
+        if self.verify_with is not None and path not in self._verified:
+            verify(path, self.verify_with)
+            self._verified.add(path)
+
+    def plaintext(self, file: str | Path) -> bytes | None:
+        """The plaintext of an encrypted ``file``, None when it is not encrypted."""
+        file = Path(file).absolute()
+        if file in self._plain:
+            return self._plain[file]
+        if not is_envelope(file):
+            return None
+        if self.identity is None:
+            raise SecureError(f"{file}: encrypted (lmforge secure encrypt); give --key PRIVATE_KEY or set "
+                              f"{PASSPHRASE_ENV}")
+        self._plain[file] = decrypt_bytes(file, self.identity)
+        return self._plain[file]
+
+
+def identity_for(key: Path | None, passphrase: str | None = None):
+    """The private key in ``key`` (X25519 or RSA), else a passphrase (given, or from LMFORGE_KEY_PASSPHRASE), else
+    None."""
+    if key is not None:
+        return load_private(key, ENCRYPTION_KINDS, "decryption")
+    secret = passphrase if passphrase is not None else os.environ.get(PASSPHRASE_ENV)
+    return Passphrase(secret) if secret else None
+
+
+def gate_for(key: Path | None = None, verify_with: Path | None = None, passphrase: str | None = None) -> Gate:
+    """A Gate from the options every model-loading command takes (``--key``, ``--verify-with``), the key files
+    read and checked now, before anything is loaded."""
+    if verify_with is not None:
+        load_public(verify_with, SIGNING_KINDS, "--verify-with")
+    return Gate(identity_for(key, passphrase), None if verify_with is None else Path(verify_with))
