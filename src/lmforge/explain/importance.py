@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from lmforge.checkpoint.load import classifier_ids
+from lmforge.core.progress import track
 from lmforge.errors import ExplainError
 from lmforge.evaluate.scoring import encode_pair, score_token_pairs
 from lmforge.evaluate.task_eval import EvalSettings
@@ -113,15 +114,17 @@ def table_input(run: RunDir, cfg, p, task: Task | None, labels: list[str] | None
 def importance(inputs: PermutationInput, model, tokenizer, eos: int, labels: list[str] | None, seq_len: int,
                repeats: int, seed: int, device) -> dict:
     """Permutation importance of ``inputs``' features for the model's accuracy."""
-    def accuracy(X: np.ndarray, y: np.ndarray) -> float:
-        texts = inputs.texts(X)
-        if labels is not None:
-            predicted = classifier_predictions(model, tokenizer, eos, labels, seq_len, texts, device)
-        else:
-            predicted = prompted_predictions(model, tokenizer, inputs.task, inputs.ids, texts, y, device)
-        return float(np.mean(predicted == y))
+    with track("permutation importance", total=1 + len(inputs.features) * repeats, unit="scorings") as bar:
+        def accuracy(X: np.ndarray, y: np.ndarray) -> float:
+            texts = inputs.texts(X)
+            if labels is not None:
+                predicted = classifier_predictions(model, tokenizer, eos, labels, seq_len, texts, device)
+            else:
+                predicted = prompted_predictions(model, tokenizer, inputs.task, inputs.ids, texts, y, device)
+            bar.advance()
+            return float(np.mean(predicted == y))
 
-    result = permutation_importance(accuracy, inputs.X, inputs.y, repeats, seed, inputs.features)
+        result = permutation_importance(accuracy, inputs.X, inputs.y, repeats, seed, inputs.features)
     return result.to_dict() | {"rows": len(inputs.y), "source": inputs.source, "score": "accuracy"}
 
 
