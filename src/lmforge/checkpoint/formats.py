@@ -91,14 +91,16 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1, sort_keys=True))
 
 
-def read_state(path: Path, verify: bool = True) -> dict:
-    """Read ``state.json`` and (by default) check every tensor file against its recorded hash."""
+def read_state(path: Path, verify: bool = True, plaintext=None) -> dict:
+    """Read ``state.json`` and (by default) check every tensor file against its recorded hash. ``plaintext``
+    (file -> bytes), for an encrypted folder: every file read through it (decrypted in memory), its hash that of
+    the plaintext."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such checkpoint folder")
     state_file = path / STATE_FILE
     try:
-        state = json.loads(state_file.read_text())
+        state = json.loads(state_file.read_text() if plaintext is None else plaintext(state_file))
         files = state["files"]
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path}: {STATE_FILE} is missing (incomplete checkpoint)") from None
@@ -107,9 +109,10 @@ def read_state(path: Path, verify: bool = True) -> dict:
     if verify:
         for name, digest in files.items():
             file = path / name
-            if not file.exists():
+            if not file.is_file():
                 raise CheckpointError(f"checkpoint {file}: file is missing")
-            if sha256_file(file) != digest:
+            actual = sha256_file(file) if plaintext is None else hashlib.sha256(plaintext(file)).hexdigest()
+            if actual != digest:
                 raise CheckpointError(f"checkpoint {file}: corrupt or truncated (SHA-256 does not match state.json)")
         extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != STATE_FILE)
         if extra:

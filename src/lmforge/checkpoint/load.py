@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -78,29 +77,16 @@ def _plaintext(file: Path) -> bytes | None:
 def _state(path: Path, verify: bool) -> dict:
     """A checkpoint folder's state (``formats.read_state``); an encrypted folder's decrypted in memory, its
     manifest checked against every file's plaintext (every file of it must be encrypted)."""
-    data = _plaintext(path / STATE_FILE) if path.is_dir() else None
-    if data is None:
+    if not path.is_dir() or _plaintext(path / STATE_FILE) is None:
         return read_state(path, verify=verify)
-    try:
-        state = json.loads(data)
-        files = state["files"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise CheckpointError(f"checkpoint {path / STATE_FILE}: corrupt state file (decrypted)") from None
-    if verify:
-        for name, digest in files.items():
-            file = path / name
-            if not file.is_file():
-                raise CheckpointError(f"checkpoint {file}: file is missing")
-            plain = _plaintext(file)
-            if plain is None:
-                raise CheckpointError(f"checkpoint {file}: not encrypted, unlike its folder's {STATE_FILE}")
-            if hashlib.sha256(plain).hexdigest() != digest:
-                raise CheckpointError(f"checkpoint {file}: corrupt (SHA-256 does not match state.json)")
-        extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != STATE_FILE)
-        if extra:
-            raise CheckpointError(f"checkpoint {path}: unexpected file {extra[0]} (not in the integrity manifest "
-                                  "of state.json)")
-    return state
+
+    def encrypted(file: Path) -> bytes:
+        plain = _plaintext(file)
+        if plain is None:
+            raise CheckpointError(f"checkpoint {file}: not encrypted, unlike its folder's {STATE_FILE}")
+        return plain
+
+    return read_state(path, verify=verify, plaintext=encrypted)
 
 
 @dataclasses.dataclass
