@@ -15,6 +15,20 @@ from lmforge.rundir import RunDir
 DEBUG = {"on": False}  # --debug anywhere on the command line: main() shows the traceback instead of one line
 
 
+def output_flags(func):
+    """``--debug`` and ``--quiet``: what every command takes, stage commands and ``lmforge secure``'s alike."""
+
+    @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+    @click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")
+    @functools.wraps(func)
+    def wrapper(*args, debug: bool, quiet: bool, **kwargs):
+        DEBUG["on"] = DEBUG["on"] or debug
+        progress.set_enabled(not quiet)
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
 def common_options(func):
     """RECIPE and the options every stage command shares."""
 
@@ -24,21 +38,18 @@ def common_options(func):
     @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
                   help="Run directory (default: <out_dir>/<name> from the recipe). Without RECIPE, the "
                        "recipe stored in the run directory is used.")
-    @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
-    @click.option("--quiet", is_flag=True, help="No progress bars or stage messages.")
     @click.option("--key", "model_key", type=click.Path(dir_okay=False, path_type=Path),
                   help="Private key (X25519 or RSA PEM) that opens encrypted models (lmforge secure encrypt); a "
                        "passphrase is read from LMFORGE_KEY_PASSPHRASE.")
     @click.option("--verify-with", "verify_with", type=click.Path(dir_okay=False, path_type=Path),
                   help="EC P-256 public key: every model loaded must carry a valid signature by it (lmforge "
                        "secure sign), checked before any byte of it is parsed.")
+    @output_flags
     @functools.wraps(func)
-    def wrapper(*args, debug: bool, quiet: bool, model_key: Path | None, verify_with: Path | None, **kwargs):
+    def wrapper(*args, model_key: Path | None, verify_with: Path | None, **kwargs):
         from lmforge.checkpoint.load import opened_with
         from lmforge.secure.gate import gate_for
 
-        DEBUG["on"] = DEBUG["on"] or debug
-        progress.set_enabled(not quiet)
         with opened_with(gate_for(model_key, verify_with)):
             return func(*args, **kwargs)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from lmforge.command import output_flags
 from lmforge.errors import SecureError
 
 PATH = click.Path(path_type=Path)
@@ -33,6 +34,7 @@ def secure() -> None:
 @click.option("--kind", type=click.Choice(["x25519", "rsa", "ec-p256"]), default="x25519", show_default=True,
               help="x25519 or rsa: to encrypt for; ec-p256: to sign with.")
 @click.option("--bits", type=int, default=3072, show_default=True, help="RSA key size (at least 3072).")
+@output_flags
 def keygen(output: Path, kind: str, bits: int) -> None:
     """Write a new key pair."""
     from lmforge.secure.keys import keygen as write_keys
@@ -52,6 +54,7 @@ def keygen(output: Path, kind: str, bits: int) -> None:
               help="Plaintext bytes per authenticated segment.")
 @click.option("--scrypt-log-n", type=click.IntRange(10, 20), default=15, show_default=True,
               help="Passphrase cost: scrypt with N = 2^this.")
+@output_flags
 def encrypt(path: Path, recipients: tuple[Path, ...], passphrase: bool, output: Path, segment_size: int,
             scrypt_log_n: int) -> None:
     """Encrypt a file or a folder (file by file, same names) for each recipient."""
@@ -73,6 +76,7 @@ def encrypt(path: Path, recipients: tuple[Path, ...], passphrase: bool, output: 
 @click.option("--key", type=PATH, help="Private key (X25519 or RSA PEM); without it, a passphrase "
                                        "(LMFORGE_KEY_PASSPHRASE, else asked for).")
 @click.option("--output", type=PATH, required=True, help="Plaintext file or folder to write.")
+@output_flags
 def decrypt(path: Path, key: Path | None, output: Path) -> None:
     """Decrypt a file or folder that lmforge secure encrypt wrote (every segment authenticated)."""
     from lmforge.secure.gate import identity_for
@@ -86,6 +90,7 @@ def decrypt(path: Path, key: Path | None, output: Path) -> None:
 @secure.command()
 @click.argument("path", type=PATH)
 @click.option("--key", type=PATH, required=True, help="EC P-256 private key (lmforge secure keygen --kind ec-p256).")
+@output_flags
 def sign(path: Path, key: Path) -> None:
     """Sign a file or folder (OpenSSF model signing): <folder>.sig or <file>.sig beside it."""
     from lmforge.secure.signing import sign as sign_path
@@ -96,6 +101,7 @@ def sign(path: Path, key: Path) -> None:
 @secure.command()
 @click.argument("path", type=PATH)
 @click.option("--public-key", type=PATH, required=True, help="EC P-256 public key of the signer.")
+@output_flags
 def verify(path: Path, public_key: Path) -> None:
     """Check a file's or folder's signature: fails on any changed, added or removed file."""
     from lmforge.secure.signing import signature_path, verify as verify_path
