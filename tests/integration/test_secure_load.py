@@ -64,3 +64,27 @@ def test_an_encrypted_signed_model_loads_through_the_gate(trained_base, tmp_path
     assert code == 2 and err.strip().startswith(f"error: {enc}: signature {enc}.sig does not verify") \
         and len(err.strip().splitlines()) == 1, err
     assert snapshot(root) == before
+
+    # exported sealed in one go: encrypted from memory and signed (no plaintext file, no second pass)
+    sealed = tmp_path / "sealed.safetensors"
+    code, _, err = run_cli("export", "--run-dir", str(root), "--output", str(sealed), "--recipient",
+                           str(tmp_path / "box" / "public.pem"), "--sign-with", str(tmp_path / "signer" / "private.pem"))
+    assert code == 0, err
+    assert sealed.with_name(sealed.name + ".sig").is_file() and plain.read_bytes()[8:] not in sealed.read_bytes()
+    code, out, err = generate(sealed, "--key", str(tmp_path / "box" / "private.pem"), "--verify-with",
+                              str(tmp_path / "signer" / "public.pem"))
+    assert code == 0, err
+    assert json.loads(out)["samples"] == expected
+    before = snapshot(tmp_path)
+    for extra, line in (
+            (["--format", "hf", "--recipient", str(tmp_path / "box" / "public.pem")],
+             "error: --recipient/--sign-with: only with --format safetensors (a Hugging Face folder is encrypted "
+             "with lmforge secure encrypt)"),
+            (["--sign-with", str(tmp_path / "box" / "private.pem")],
+             f"error: key file {tmp_path / 'box' / 'private.pem'}: a key of kind x25519; signing needs ec-p256"),
+            (["--recipient", str(tmp_path / "signer" / "public.pem")],
+             f"error: public key file {tmp_path / 'signer' / 'public.pem'}: a key of kind ec-p256; --recipient "
+             "needs x25519 or rsa")):
+        code, _, err = run_cli("export", "--run-dir", str(root), "--output", str(tmp_path / "new"), *extra)
+        assert_error_line(code, err, line)
+    assert snapshot(tmp_path) == before

@@ -44,15 +44,16 @@ def check_output(output: Path, fmt: str = "safetensors") -> None:
         raise LmforgeError(f"export --output {output}: {parent} is a file, not a folder")
 
 
-def export_checkpoint(checkpoint: Path, output: Path) -> dict:
-    """Consolidate ``checkpoint`` into ``output``; returns what was written."""
+def export_checkpoint(checkpoint: Path, output: Path, seal=None) -> dict:
+    """Consolidate ``checkpoint`` into ``output`` (encrypted and/or signed with ``seal``, a
+    ``lmforge.secure.seal.Seal``); returns what was written."""
     from lmforge.checkpoint.load import checkpoint_labels, consolidated_weights, model_dims
 
     check_output(output)
     weights, state = consolidated_weights(checkpoint)
     write_exported(output, weights, model_dims(checkpoint, state).to_dict(), state["step"],
                    state["resume_key"].get("seq_len"), state.get("format", "safetensors"),
-                   checkpoint_labels(checkpoint))
+                   checkpoint_labels(checkpoint), seal)
     return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
             "step": state["step"], "source_format": state.get("format", "safetensors")}
 
@@ -72,18 +73,24 @@ def exported_metadata(model: dict, step: int, seq_len: int | None, source_format
 
 
 def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len: int | None, source_format: str,
-                   labels: list[str] | None = None) -> None:
+                   labels: list[str] | None = None, seal=None) -> None:
     """One safetensors file of canonical ``weights`` with the metadata every stage's loader reads (a
-    classifier's: its ``labels``, its head ``lm_head.weight`` of one row per label), atomically."""
+    classifier's: its ``labels``, its head ``lm_head.weight`` of one row per label), atomically. With ``seal``
+    (``lmforge.secure.seal.Seal``): serialized in memory and written encrypted (no plaintext on disk) and/or
+    signed (``<output>.sig``)."""
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save, save_file
 
     from lmforge.core.atomic import atomic_write_with
     from lmforge.errors import LmforgeError
 
     metadata = exported_metadata(model, step, seq_len, source_format, labels)
     try:
-        atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
+        if seal is None:
+            atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
+        else:
+            _, written = seal.write_file(output, save(weights, metadata=metadata))
+            seal.sign(output, {".": written})
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
         raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc
 

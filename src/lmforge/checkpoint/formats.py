@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save, save_file, save_model
 from torch import nn
 
 from lmforge.core.atomic import atomic_dir
@@ -76,19 +76,55 @@ def restore_rng(rng: dict) -> None:
 
 
 # --- save / load -------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict) -> None:
-    """Write a complete checkpoint folder atomically. ``state`` must be JSON-serialisable."""
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None, state: dict,
+                    seal=None) -> None:
+    """Write a complete checkpoint folder atomically. ``state`` must be JSON-serialisable. With ``seal``
+    (``lmforge.secure.seal.Seal``), every file is written from memory encrypted for its recipients (no
+    plaintext on disk), then the folder is signed (``<folder>.sig``) from the digests taken while writing."""
+    written = {}
+
+    def put(tmp: Path, name: str, data: bytes) -> str:
+        with open(tmp / name, "wb") as out:
+            plain, written[name] = seal.write(out, data, name)
+        return plain
+
     with atomic_dir(path) as tmp:
-        save_model(model, str(tmp / MODEL_FILE))
-        files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}
         full_state = dict(state, rng=capture_rng())
+        if seal is None:
+            save_model(model, str(tmp / MODEL_FILE))
+            files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}
+        else:
+            files = {MODEL_FILE: put(tmp, MODEL_FILE, model_bytes(model))}
         if optimizer is not None:
             tensors, meta = flatten_optimizer_state(optimizer)
-            save_file(tensors, str(tmp / OPTIMIZER_FILE))
-            files[OPTIMIZER_FILE] = sha256_file(tmp / OPTIMIZER_FILE)
+            if seal is None:
+                save_file(tensors, str(tmp / OPTIMIZER_FILE))
+                files[OPTIMIZER_FILE] = sha256_file(tmp / OPTIMIZER_FILE)
+            else:
+                files[OPTIMIZER_FILE] = put(tmp, OPTIMIZER_FILE, save(tensors))
             full_state["optimizer"] = meta
         full_state["files"] = files
-        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=1, sort_keys=True))
+        text = json.dumps(full_state, indent=1, sort_keys=True)
+        if seal is None:
+            (tmp / STATE_FILE).write_text(text)
+        else:
+            put(tmp, STATE_FILE, text.encode("utf-8"))
+    if seal is not None:
+        seal.sign(path, written)
+
+
+def model_bytes(model: nn.Module) -> bytes:
+    """The model as ``safetensors.torch.save_model`` writes it, in memory: each shared tensor once (a tied head
+    under the first name), the dropped names recorded in the metadata as aliases of the kept one."""
+    kept, tensors, aliases = {}, {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in kept:
+            aliases[name] = kept[key]
+        else:
+            kept[key] = name
+            tensors[name] = tensor.detach().contiguous()
+    return save(tensors, metadata=aliases or None)
 
 
 def read_state(path: Path, verify: bool = True, plaintext=None) -> dict:

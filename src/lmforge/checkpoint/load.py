@@ -46,7 +46,8 @@ CHOICES = ("latest", "best", "selected", "finetuned", "merged")
 LABELS = "lmforge.labels"  # a classifier's exported metadata: its labels in the order of its head's rows (JSON list)
 
 # How checkpoints are opened: None (plain files only), or an object with ``check(path)`` (a signature, where one is
-# asked for) and ``plaintext(file) -> bytes | None`` (an encrypted file's, None for a plain one): lmforge.secure's Gate
+# asked for), ``verified(path) -> bool`` (whether it was), ``plaintext(file) -> bytes | None`` (an encrypted file's,
+# None for a plain one) and ``head(file, size)`` (its first bytes only): lmforge.secure's Gate
 ACCESS: contextvars.ContextVar = contextvars.ContextVar("lmforge_checkpoint_access", default=None)
 
 
@@ -74,11 +75,20 @@ def _plaintext(file: Path) -> bytes | None:
     return None if access is None or not file.is_file() else access.plaintext(file)
 
 
+def _plaintext_head(file: Path, size: int) -> bytes | None:
+    """The first ``size`` bytes of an encrypted file's plaintext (only its first segments decrypted); None for a
+    plain file."""
+    access = ACCESS.get()
+    return None if access is None or not file.is_file() else access.head(file, size)
+
+
 def _state(path: Path, verify: bool) -> dict:
     """A checkpoint folder's state (``formats.read_state``); an encrypted folder's decrypted in memory, its
-    manifest checked against every file's plaintext (every file of it must be encrypted)."""
+    manifest checked against every file's plaintext (every file of it must be encrypted) unless the folder's
+    signature was verified: that covers every file's ciphertext, whose authenticated decryption is the plaintext."""
     if not path.is_dir() or _plaintext(path / STATE_FILE) is None:
         return read_state(path, verify=verify)
+    verify = verify and not ACCESS.get().verified(path)
 
     def encrypted(file: Path) -> bytes:
         plain = _plaintext(file)
@@ -277,11 +287,12 @@ def check_fits(path: str | Path, dims: ModelDims, expected: ModelDims, where) ->
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    restore_rng_state: bool = True) -> dict:
+                    restore_rng_state: bool = True, state: dict | None = None) -> dict:
     """Verify, then load any checkpoint folder (safetensors or DCP) into a model that is not distributed, in
-    place (with optimizer state and RNG where asked); returns its JSON state."""
+    place (with optimizer state and RNG where asked); returns its JSON state. ``state``: already read and
+    verified by ``read_state`` (not hashed again)."""
     path = Path(path)
-    state = read_state(path, verify=True)
+    state = read_state(path, verify=True) if state is None else state
     if state.get("format", "safetensors") == DCP_FORMAT:
         load_dcp_into(path, state, model, optimizer)
         if restore_rng_state:
@@ -313,7 +324,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", access=None
         labels = _state_labels(state)
         model = _decoder(model_dims(path, state), labels)
         if _plaintext(path / STATE_FILE) is None:
-            load_checkpoint(path, model, optimizer=None, restore_rng_state=False)
+            load_checkpoint(path, model, optimizer=None, restore_rng_state=False, state=state)
         else:
             _require_not_sharded(path, state)
             _load_weights(path / MODEL_FILE, model, _plaintext(path / MODEL_FILE))
@@ -399,13 +410,13 @@ def _decoder_with(path: Path, dims: ModelDims, tensors: dict[str, torch.Tensor],
 
 def _exported_metadata(path: Path) -> tuple[dict, ModelDims]:
     """The metadata of an exported file and the model dimensions it records."""
-    data = _plaintext(path)
+    start = _plaintext_head(path, 8)
     try:
-        if data is None:
+        if start is None:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
         else:
-            meta = _metadata_of(path, data)
+            meta = _metadata_of(path, _plaintext_head(path, 8 + int.from_bytes(start, "little")))
         return meta, ModelDims(**json.loads(meta["lmforge.model"]))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None

@@ -130,30 +130,49 @@ def segment_count(size: int, segment_size: int) -> int:
     return max(1, -(-size // segment_size))
 
 
-def encrypt_file(source: str | Path, output: str | Path, recipients: list, name: str,
-                 segment_size: int = SEGMENT_SIZE) -> None:
-    """Encrypt ``source`` into the envelope ``output`` (written atomically) for every one of ``recipients``,
-    reading and writing one segment at a time."""
+def seal_segments(read, size: int, recipients: list, name: str, segment_size: int = SEGMENT_SIZE) -> Iterator[bytes]:
+    """The envelope of ``size`` plaintext bytes that ``read(n)`` hands out in order, piece by piece: first
+    everything before segment 0 (the associated data), then each sealed segment. A fresh data key, salt and nonce
+    prefix per call."""
     if not recipients:
         raise SecureError("no recipient: give --recipient PUBLIC_KEY (or --passphrase)")
     if not 1 <= segment_size <= 1 << 30:
         raise SecureError(f"segment size {segment_size}: out of range (1 byte to 1 GiB)")
-    source = Path(source)
-    size = source.stat().st_size
     data_key, salt, prefix = os.urandom(32), os.urandom(32), os.urandom(NONCE_PREFIX)
     header = {"version": VERSION, "segment_size": segment_size, "name": name, "size": size,
               "salt": _b64(salt), "nonce_prefix": _b64(prefix), "recipients": [wrap(data_key, r) for r in recipients]}
     body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
     aad = MAGIC + struct.pack(">I", len(body)) + body
     aead = AESGCM(_hkdf(data_key, salt, b"lmforge envelope v1 segments"))
+    yield aad
     count = segment_count(size, segment_size)
-    with open(source, "rb") as src, atomic_open(output, "wb") as out:
-        out.write(aad)
-        for i in range(count):
-            chunk = src.read(segment_size)
-            if (i < count - 1 and len(chunk) != segment_size) or (i == count - 1 and src.read(1)):
+    for i in range(count):
+        chunk = read(segment_size if i < count - 1 else size - segment_size * (count - 1))
+        yield aead.encrypt(_nonce(prefix, i, i == count - 1), chunk, aad)
+
+
+def encrypt_file(source: str | Path, output: str | Path, recipients: list, name: str,
+                 segment_size: int = SEGMENT_SIZE) -> None:
+    """Encrypt ``source`` into the envelope ``output`` (written atomically) for every one of ``recipients``,
+    reading and writing one segment at a time."""
+    source = Path(source)
+    size = source.stat().st_size
+
+    def read(n: int) -> bytes:
+        chunk = src.read(n)
+        if len(chunk) != n:
+            raise SecureError(f"{source}: changed while it was encrypted")
+        return chunk
+
+    with open(source, "rb") as src:
+        sealed = seal_segments(read, size, recipients, name, segment_size)
+        first = next(sealed)  # recipients and segment size checked before the output is opened
+        with atomic_open(output, "wb") as out:
+            out.write(first)
+            for piece in sealed:
+                out.write(piece)
+            if src.read(1):
                 raise SecureError(f"{source}: changed while it was encrypted")
-            out.write(aead.encrypt(_nonce(prefix, i, i == count - 1), chunk, aad))
 
 
 @dataclasses.dataclass(frozen=True)

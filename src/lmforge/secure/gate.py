@@ -10,11 +10,12 @@ import os
 from pathlib import Path
 
 from lmforge.errors import SecureError
-from lmforge.secure.envelope import Passphrase, decrypt_bytes, is_envelope
+from lmforge.secure.envelope import Passphrase, decrypt_bytes, decrypt_segments, is_envelope
 from lmforge.secure.keys import ENCRYPTION_KINDS, SIGNING_KINDS, load_private, load_public
 from lmforge.secure.signing import verify
 
 PASSPHRASE_ENV = "LMFORGE_KEY_PASSPHRASE"
+CACHED_BYTES = 16 << 20  # plaintexts up to this size are decrypted once per process (state, metadata)
 
 
 class Gate:
@@ -31,18 +32,47 @@ class Gate:
             verify(path, self.verify_with)
             self._verified.add(path)
 
+    def verified(self, path: str | Path) -> bool:
+        """Whether ``path``'s signature was verified by this gate."""
+        return Path(path).absolute() in self._verified
+
     def plaintext(self, file: str | Path) -> bytes | None:
-        """The plaintext of an encrypted ``file``, None when it is not encrypted."""
+        """The plaintext of an encrypted ``file``, None when it is not encrypted. Small files (a checkpoint's
+        state) are kept for the next ask; weights are decrypted when asked for and not kept."""
         file = Path(file).absolute()
         if file in self._plain:
             return self._plain[file]
-        if not is_envelope(file):
+        if not self._encrypted(file):
             return None
+        plain = decrypt_bytes(file, self.identity)
+        if len(plain) <= CACHED_BYTES:
+            self._plain[file] = plain
+        return plain
+
+    def head(self, file: str | Path, size: int) -> bytes | None:
+        """The first ``size`` bytes of an encrypted ``file``'s plaintext (fewer if it is shorter), decrypting only
+        the segments that hold them (each authenticated); None when it is not encrypted."""
+        file = Path(file).absolute()
+        if file in self._plain:
+            return self._plain[file][:size]
+        if not self._encrypted(file):
+            return None
+        out = bytearray()
+        segments = decrypt_segments(file, self.identity)
+        for plain in segments:
+            out += plain
+            if len(out) >= size:
+                break
+        segments.close()
+        return bytes(out[:size])
+
+    def _encrypted(self, file: Path) -> bool:
+        if not is_envelope(file):
+            return False
         if self.identity is None:
             raise SecureError(f"{file}: encrypted (lmforge secure encrypt); give --key PRIVATE_KEY or set "
                               f"{PASSPHRASE_ENV}")
-        self._plain[file] = decrypt_bytes(file, self.identity)
-        return self._plain[file]
+        return True
 
 
 def identity_for(key: Path | None, passphrase: str | None = None):
