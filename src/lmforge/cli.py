@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from lmforge.attack.command import attack
 from lmforge.checkpoint.command import export
 from lmforge.command import DEBUG
 from lmforge.compress.command import compress
@@ -52,6 +53,7 @@ cli.add_command(finetune)
 cli.add_command(merge)
 cli.add_command(compress)
 cli.add_command(explain)
+cli.add_command(attack)
 cli.add_command(secure)
 
 

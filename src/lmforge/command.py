@@ -79,3 +79,16 @@ def device_for(cfg):
     from lmforge.core.device import pick_device
 
     return pick_device(cfg.train.device)
+
+
+def with_section(cfg, name: str, config_class, raw: dict, error: type[LmforgeError]):
+    """``cfg`` with its section ``name`` validated anew from ``raw`` (the recipe's, command-line options merged
+    in); the first problem is one ``error`` line naming its key under the section."""
+    from pydantic import ValidationError
+
+    try:
+        return cfg.model_copy(update={name: config_class.model_validate(raw)})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in (name, *err["loc"]))
+        raise error(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None

@@ -54,6 +54,11 @@ class ExplainError(LmforgeError):
     the classifier does not have."""
 
 
+class AttackError(LmforgeError):
+    """An attack cannot start: a budget outside its range, an unknown attack, a model without the head the attack
+    needs, examples that do not fit the model's context."""
+
+
 class SecureError(LmforgeError):
     """A key, an encrypted file or a signature is unusable: an unknown or malformed key file, a key of the wrong
     kind, the wrong key or passphrase, a tampered or truncated envelope, a missing or mismatched signature."""

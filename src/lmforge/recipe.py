@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field, ValidationError
 
+from lmforge.attack.config import AttackConfig
 from lmforge.compress.config import CompressConfig
 from lmforge.explain.config import ExplainConfig
 from lmforge.core.config import StrictModel
@@ -45,6 +46,7 @@ class RunConfig(StrictModel):
     merge: MergeConfig | None = None  # lmforge merge (not part of lmforge run)
     compress: CompressConfig | None = None  # lmforge compress (not part of lmforge run)
     explain: ExplainConfig | None = None  # lmforge explain (not part of lmforge run)
+    attack: AttackConfig | None = None  # lmforge attack (not part of lmforge run)
 
     def section_hash(self, *sections: str) -> str:
         """A fingerprint of some sections, to tell whether a finished stage is still valid."""

@@ -20,7 +20,8 @@ LAYERS = [
     ("estimate", {"estimate"}),
     ("train", {"train"}),
     ("tune, evaluate", {"tune", "evaluate"}),
-    ("transfer, merge, compress, explain, secure", {"transfer", "merge", "compress", "explain", "secure"}),
+    ("transfer, merge, compress, explain, attack, secure", {"transfer", "merge", "compress", "explain", "attack",
+                                                            "secure"}),
     ("report", {"report"}),
     ("pipeline", {"pipeline"}),
     ("commands", set()),  # command.py, every */command.py and *_command.py

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from lmforge.command import common_options, device_for, require_run_dir, resolve
+from lmforge.command import common_options, device_for, require_run_dir, resolve, with_section
 
 
 @click.command()
@@ -29,7 +29,6 @@ def explain(recipe, overrides, run_dir, text, task, examples, target, checkpoint
     from lmforge.errors import ExplainError
     from lmforge.explain.config import ExplainConfig
     from lmforge.explain.stage import check_explain, run_explain
-    from pydantic import ValidationError
 
     cfg, run = resolve(recipe, run_dir, overrides)
     require_run_dir(run)
@@ -39,12 +38,7 @@ def explain(recipe, overrides, run_dir, text, task, examples, target, checkpoint
     if text is not None or task is not None:  # one source on the command line replaces the recipe's
         raw["text"] = raw["task"] = None
     raw |= {k: v for k, v in given.items() if v is not None}
-    try:
-        cfg = cfg.model_copy(update={"explain": ExplainConfig.model_validate(raw)})
-    except ValidationError as exc:  # the first problem, by its key under explain
-        err = exc.errors()[0]
-        key = ".".join(str(part) for part in ("explain", *err["loc"]))
-        raise ExplainError(f"{key}: {err['msg'].removeprefix('Value error, ')}") from None
+    cfg = with_section(cfg, "explain", ExplainConfig, raw, ExplainError)
     device = device_for(cfg)
     plan = check_explain(run, cfg, device)  # refuses bad input before anything is written
     summary = run_explain(run, cfg, plan, device)

@@ -192,6 +192,16 @@ class Decoder(nn.Module):
             x = layer(x, cos, sin, (cache.keys[i], cache.values[i]), start_pos)
         return self.lm_head(self.final_norm(x))  # (B, T, V)
 
+    def forward_embeddings(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden states (B, T, C) from input embeddings ``x`` (B, T, C) given in place of the token
+        lookup (what an attack in embedding space perturbs); ``lm_head`` is left to the caller."""
+        T = x.shape[1]
+        if T > self.dims.context_length:
+            raise ValueError(f"sequence of {T} tokens exceeds the context length {self.dims.context_length}")
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]  # (T, D/2)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.final_norm(x)
 
     def forward_packed(self, tokens: torch.Tensor, positions: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states (B, T, C) of packed rows: token t of row b sits at position

@@ -1,0 +1,109 @@
+"""The attacked examples: a classifier's labelled texts from a classification task, or for the language model its
+texts or seeded windows of the run's validation tokens, each a context (attacked) and a continuation (scored)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from lmforge.attack.config import AttackConfig
+from lmforge.attack.objective import Example
+from lmforge.checkpoint.load import classifier_ids
+from lmforge.data.packing import TokenShards
+from lmforge.errors import AttackError
+from lmforge.evaluate.task_sources import BUILTIN_KINDS
+from lmforge.evaluate.tasks import Task, load_task
+from lmforge.recipe import RunConfig
+from lmforge.rundir import RunDir
+from lmforge.transfer.classify import builtin_classification
+
+
+def protected_tokens(tokenizer, eos: int, ac: AttackConfig, vocab_size: int) -> set[int]:
+    """The tokenizer's special (added) tokens, the end-of-text and ``attack.protected_ids``."""
+    unknown = next((i for i in ac.protected_ids if i >= vocab_size), None)
+    if unknown is not None:
+        raise AttackError(f"attack.protected_ids: {unknown} is not a token of the model's vocabulary of {vocab_size}")
+    return {eos, *tokenizer.get_added_tokens_decoder(), *ac.protected_ids}
+
+
+def _example(name: str, context: list[int], suffix: list[int], label: int | None, protected: set[int]) -> Example:
+    attackable = tuple(i for i, t in enumerate(context) if t not in protected)
+    return Example(name, tuple(context), tuple(suffix), label, attackable)
+
+
+def task_name(cfg: RunConfig) -> str:
+    ac = cfg.attack
+    name = ac.task if ac is not None and ac.task is not None else (cfg.finetune.task if cfg.finetune else None)
+    if name is None:
+        raise AttackError("attack.task: a classifier is attacked on a classification task's examples; give one "
+                          f"(built-in: {', '.join(k for k, v in BUILTIN_KINDS.items() if v == 'classification')}, "
+                          "or a task YAML)")
+    return name
+
+
+def classification_task(run: RunDir, cfg: RunConfig, name: str) -> Task:
+    if name in BUILTIN_KINDS:
+        if BUILTIN_KINDS[name] != "classification":
+            raise AttackError(f"attack.task: {name!r} is a {BUILTIN_KINDS[name]} task, not a classification one")
+        if not run.val_docs.exists():
+            raise AttackError(f"attack.task {name}: {run.val_docs} not found; run the data stages first")
+        return builtin_classification(run, name, cfg.seed, cfg.eval.builtin_examples)
+    if not name.endswith((".yaml", ".yml")):
+        raise AttackError(f"attack.task: {name!r} is neither a built-in task ({', '.join(BUILTIN_KINDS)}) nor a "
+                          "task YAML")
+    task = load_task(name)
+    if task.kind != "classification":
+        raise AttackError(f"attack.task {task.name}: a {task.kind} task; a classifier is attacked on "
+                          "classification examples")
+    return task
+
+
+def classifier_examples(task: Task, labels: list[str], tokenizer, eos: int, seq_len: int, count: int,
+                        protected: set[int]) -> list[Example]:
+    """The task's first ``count`` examples, as the classifier reads them (``classifier_ids``)."""
+    out = []
+    for i, ex in enumerate(task.examples[:count]):
+        if ex.label not in labels:
+            raise AttackError(f"{task.where(i)}: label {ex.label!r} is not one of the classifier's labels {labels}")
+        ids = classifier_ids(tokenizer.encode(ex.text, add_special_tokens=False).ids, eos, seq_len)
+        name = f"{task.name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(ex.id))}"
+        out.append(_example(name, ids[:-1], ids[-1:], labels.index(ex.label), protected))
+    return out
+
+
+def text_examples(texts: list[str], tokenizer, continuation: int, context_length: int,
+                  protected: set[int]) -> list[Example]:
+    """Each text's tokens: the last ``continuation`` scored, the ones before attacked."""
+    out = []
+    for i, text in enumerate(texts):
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        if len(ids) > context_length:
+            raise AttackError(f"attack.texts[{i}]: the text is {len(ids)} tokens, longer than the model's context of "
+                              f"{context_length} tokens")
+        if len(ids) <= continuation:
+            raise AttackError(f"attack.texts[{i}]: the text is {len(ids)} tokens; it needs more than "
+                              f"attack.continuation_tokens={continuation} (a context to attack before them)")
+        out.append(_example(f"text-{i}", ids[:-continuation], ids[-continuation:], None, protected))
+    return out
+
+
+def window_examples(run: RunDir, ac: AttackConfig, context_length: int, protected: set[int]) -> list[Example]:
+    """Seeded windows of the run's validation tokens, ``context_tokens`` then ``continuation_tokens``."""
+    width = ac.context_tokens + ac.continuation_tokens
+    if width > context_length:
+        raise AttackError(f"attack: context_tokens + continuation_tokens = {width} tokens, longer than the model's "
+                          f"context of {context_length} tokens")
+    if not run.tokens("val").exists():
+        raise AttackError(f"{run.tokens('val')}: no validation tokens; run the data stages first, or give "
+                          "attack.texts")
+    shards = TokenShards(run.tokens("val"))
+    windows = shards.num_windows(width - 1)  # a window of seq_len s holds s + 1 tokens
+    if windows == 0:
+        raise AttackError(f"{run.tokens('val')}: fewer than {width} validation tokens")
+    chosen = np.sort(np.random.default_rng(ac.seed).choice(windows, size=min(ac.examples, windows), replace=False))
+    out = []
+    for w in chosen:
+        ids = [int(t) for t in shards.window(int(w), width - 1)]
+        out.append(_example(f"val-{int(w)}", ids[:ac.context_tokens], ids[ac.context_tokens:], None, protected))
+    return out

@@ -1,0 +1,197 @@
+"""``lmforge attack``: a classifier's labelled examples, or the language-model loss of validation continuations,
+under embedding-space FGSM and PGD (``attack.embedding``) and HotFlip token substitution (``attack.hotflip``), on
+any model the one loader opens. Written as ``attack/report.json`` (every example under every attack),
+``attack/report.md`` and ``attack/summary.json`` (``attack.report``); the folder is built under a temporary name
+and appears whole, replacing an earlier one. Seeded: the same recipe gives the same report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from lmforge.attack.config import AttackConfig, TokenAttack
+from lmforge.attack.embedding import fgsm, pgd, radii
+from lmforge.attack.examples import (classification_task, classifier_examples, protected_tokens, task_name,
+                                     text_examples, window_examples)
+from lmforge.attack.hotflip import hotflip, nearest_neighbours
+from lmforge.attack.objective import Example, Outcome, embed, scores
+from lmforge.attack.report import Record, attack_summary, markdown, marked
+from lmforge.checkpoint.load import LoadedModel, load_model, pick
+from lmforge.core.atomic import atomic_dir, atomic_write_json, atomic_write_text
+from lmforge.core.progress import info, track
+from lmforge.data.tokenizer import eos_id_of, load_tokenizer
+from lmforge.errors import AttackError
+from lmforge.evaluate.stage import own_tokenizer
+from lmforge.explain.attributions import frozen
+from lmforge.recipe import RunConfig
+from lmforge.rundir import RunDir
+
+STAGE = "attack"
+CLASSIFIER, LANGUAGE_MODEL = "classifier", "language_model"
+
+
+@dataclasses.dataclass
+class AttackPlan:
+    path: Path  # the model
+    loaded: LoadedModel
+    tokenizer: object
+    target: str  # CLASSIFIER or LANGUAGE_MODEL
+    examples: list[Example]
+    protected: set[int]  # token ids never changed nor put in
+    neighbours: dict[int, list[int]] | None  # HotFlip's candidates of every attacked token
+
+
+def settings_of(cfg: RunConfig) -> AttackConfig:
+    return cfg.attack or AttackConfig()
+
+
+def check_attack(run: RunDir, cfg: RunConfig, device="cpu") -> AttackPlan:
+    """Everything checked before anything is written: the model and the head the target needs, the examples and
+    whether they fit the model's context, the protected tokens."""
+    ac = settings_of(cfg)
+    path = pick(run, ac.checkpoint)
+    loaded = load_model(path, device)
+    if "quantization" in loaded.state:
+        raise AttackError(f"attack: the quantized model {path} ({loaded.state['quantization']['method']}) has no "
+                          "float embeddings to take gradients toward; attack the model it was made from")
+    labels = loaded.labels
+    target = ac.target if ac.target != "auto" else (CLASSIFIER if labels is not None else LANGUAGE_MODEL)
+    if target == CLASSIFIER and labels is None:
+        raise AttackError(f"attack.target=classifier: the model {path} has no classification head (a language "
+                          "model); attack a classifier (lmforge finetune with finetune.objective=classification) or "
+                          "set attack.target=language_model")
+    if target == LANGUAGE_MODEL and labels is not None:
+        raise AttackError(f"attack.target=language_model: the model {path} is a classifier (labels "
+                          f"{', '.join(labels)}), without a language-model head")
+    tokenizer = loaded.tokenizer if loaded.tokenizer_path is not None else _run_tokenizer(run)
+    eos = eos_id_of(tokenizer)
+    model = loaded.model
+    protected = protected_tokens(tokenizer, eos, ac, model.dims.vocab_size)
+    if target == CLASSIFIER:
+        if ac.texts is not None:
+            raise AttackError("attack.texts: a classifier is attacked on a classification task's examples "
+                              "(attack.task), not on texts")
+        task = classification_task(run, cfg, task_name(cfg))
+        examples = classifier_examples(task, labels, tokenizer, eos, loaded.seq_len, ac.examples, protected)
+    elif ac.task is not None:
+        raise AttackError(f"attack.task: a language model is attacked on texts (attack.texts) or validation "
+                          f"windows, not on a task's examples; the model {path} has no classification head")
+    elif ac.texts is not None:
+        examples = text_examples(ac.texts[:ac.examples], tokenizer, ac.continuation_tokens,
+                                 model.dims.context_length, protected)
+    else:
+        if own_tokenizer(run, path) is not None:
+            raise AttackError(f"attack: the model {path} has a tokenizer of its own, not the run's validation "
+                              "tokens'; give attack.texts")
+        examples = window_examples(run, ac, model.dims.context_length, protected)
+    if not examples:
+        raise AttackError("attack: no examples to attack")
+    neighbours = None
+    token_attacks = [a for a in ac.attacks if isinstance(a, TokenAttack)]
+    if token_attacks:
+        attacked = [ex.context[i] for ex in examples for i in ex.attackable]
+        neighbours = nearest_neighbours(model.embed_tokens.weight.detach(), attacked,
+                                        max(a.neighbours for a in token_attacks), protected)
+    return AttackPlan(path, loaded, tokenizer, target, examples, protected, neighbours)
+
+
+def _run_tokenizer(run: RunDir):
+    if not run.tokenizer.exists():
+        raise AttackError(f"{run.tokenizer}: not found; the model has no tokenizer of its own and the run's data "
+                          "stages have not run (lmforge data)")
+    return load_tokenizer(run.tokenizer)
+
+
+def outcome_of(plan: AttackPlan, spec, example: Example, clean_loss: float, succeeded, seed: int) -> Outcome:
+    model = plan.loaded.model
+    if isinstance(spec, TokenAttack):
+        near = {t: plan.neighbours[t][:spec.neighbours] for t in {example.context[i] for i in example.attackable}}
+        return hotflip(model, example, spec, near, succeeded)
+    if spec.name == "fgsm":
+        return fgsm(model, example, spec)
+    return pgd(model, example, spec, clean_loss, seed)
+
+
+def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Example) -> dict[str, Record]:
+    """``example`` under every attack of ``ac``."""
+    model = plan.loaded.model
+    device = model.rope_cos.device
+    ids = torch.tensor([example.ids], device=device)
+    with torch.no_grad():
+        x = embed(model, ids)  # (1, T, C)
+        loss, prediction = scores(model, example, x)
+    clean_loss, clean_pred = float(loss[0]), int(prediction[0])
+    describe = _describer(plan, example)
+    skipped = plan.target == CLASSIFIER and clean_pred != example.label  # already wrong: not attacked
+
+    def succeeded(prediction: int, loss: float) -> bool:
+        if plan.target == CLASSIFIER:
+            return prediction != example.label
+        return loss - clean_loss >= ac.success_margin
+
+    pieces = [plan.tokenizer.decode([t]) for t in example.context]
+    out = {}
+    for j, spec in enumerate(ac.attacks):
+        if skipped:
+            out[spec.key] = Record(example.name, True, False, clean_loss, clean_loss, _correct(plan, example, clean_pred),
+                                   _correct(plan, example, clean_pred), describe(clean_pred), describe(clean_pred),
+                                   len(example.context), [], 0, None, "".join(pieces), "".join(pieces))
+            continue
+        o = outcome_of(plan, spec, example, clean_loss, succeeded, seed=ac.seed * 1_000_003 + index * 101 + j)
+        with torch.no_grad():
+            adv = embed(model, torch.tensor([o.ids], device=device))
+            if o.delta is not None:
+                adv = adv + o.delta
+            pred = int(scores(model, example, adv)[1][0])
+        used = None
+        if o.delta is not None:
+            r = radii(model, example, spec)  # (T, 1)
+            lengths = o.delta.abs().amax(-1, keepdim=True) if spec.norm == "linf" else o.delta.norm(dim=-1, keepdim=True)
+            used = float((lengths / r.clamp_min(1e-30)).max())
+        success = succeeded(pred, o.loss)
+        tokens_changed = [i for i in o.changed if o.delta is None]
+        adv_pieces = [plan.tokenizer.decode([t]) for t in o.ids[:len(example.context)]]
+        out[spec.key] = Record(example.name, False, bool(success), clean_loss, o.loss, _correct(plan, example, clean_pred),
+                               _correct(plan, example, pred), describe(clean_pred), describe(pred),
+                               len(example.context), o.changed, o.queries, used, marked(pieces, tokens_changed),
+                               marked(adv_pieces, tokens_changed))
+    return out
+
+
+def _correct(plan: AttackPlan, example: Example, prediction: int) -> float:
+    if plan.target == CLASSIFIER:
+        return float(prediction == example.label)
+    return prediction / len(example.suffix)
+
+
+def _describer(plan: AttackPlan, example: Example):
+    if plan.target == CLASSIFIER:
+        return lambda p: plan.loaded.labels[p]
+    return lambda p: f"{p}/{len(example.suffix)} continuation tokens"
+
+
+def run_attack(run: RunDir, cfg: RunConfig, plan: AttackPlan) -> dict:
+    ac = settings_of(cfg)
+    records: dict[str, list[Record]] = {spec.key: [] for spec in ac.attacks}
+    with frozen(plan.loaded.model), track("attack", total=len(plan.examples), unit="examples") as bar:
+        for i, example in enumerate(plan.examples):
+            bar.set(example=example.name)
+            for key, record in attack_example(plan, ac, i, example).items():
+                records[key].append(record)
+            bar.advance()
+    summaries = {key: attack_summary(rs) for key, rs in records.items()}
+    first = next(iter(summaries.values()))
+    summary = {"model": str(plan.path), "target": plan.target, "examples": len(plan.examples), "seed": ac.seed,
+               "clean_accuracy": first["original_accuracy"], "clean_loss": first["clean_loss"], "attacks": summaries}
+    report = {**summary, "settings": ac.model_dump(mode="json"),
+              "attacks": {spec.key: {"settings": spec.model_dump(mode="json"), "summary": summaries[spec.key],
+                                     "examples": [r.to_dict() for r in records[spec.key]]} for spec in ac.attacks}}
+    with atomic_dir(run.stage_dir(STAGE)) as folder:
+        atomic_write_json(folder / "report.json", report)
+        atomic_write_text(folder / "report.md", markdown(summary, records, ac.shown_examples))
+        atomic_write_json(folder / "summary.json", summary)
+    info(f"attack: {len(plan.examples)} example(s), {len(ac.attacks)} attack(s) -> {run.stage_dir(STAGE)}")
+    return summary
