@@ -62,7 +62,7 @@ class AttackConfig(StrictModel):
                                     "ends in its continuation); default: windows of the run's validation tokens")
     context_tokens: int = Field(default=32, ge=1, description="validation windows: the attacked tokens")
     continuation_tokens: int = Field(default=8, ge=1, description="the scored tokens after the attacked ones")
-    examples: int = Field(default=8, ge=1, description="how many examples (a task's first, seeded windows)")
+    examples: int = Field(default=8, ge=1, description="how many examples (seeded: a task's, windows, the first texts)")
     attacks: list[Attack] = Field(default=[EmbeddingAttack(name="fgsm"), EmbeddingAttack(name="pgd"),
                                            EmbeddingAttack(name="pgd", norm="l2"), TokenAttack(name="hotflip")],
                                   min_length=1)

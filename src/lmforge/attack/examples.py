@@ -4,6 +4,7 @@ texts or seeded windows of the run's validation tokens, each a context (attacked
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from lmforge.data.packing import TokenShards
 from lmforge.errors import AttackError
 from lmforge.evaluate.task_sources import BUILTIN_KINDS
 from lmforge.evaluate.tasks import Task, load_task
-from lmforge.recipe import RunConfig
+from lmforge.recipe import RunConfig, read_yaml
 from lmforge.rundir import RunDir
 from lmforge.transfer.classify import builtin_classification
 
@@ -32,9 +33,14 @@ def _example(name: str, context: list[int], suffix: list[int], label: int | None
     return Example(name, tuple(context), tuple(suffix), label, attackable)
 
 
-def task_name(cfg: RunConfig) -> str:
+def task_name(run: RunDir, cfg: RunConfig, path: Path) -> str:
+    """``attack.task``, else ``finetune.task``, else for the run's fine-tuned classifier the task it was trained on
+    (its ``finetune/recipe.yaml``)."""
     ac = cfg.attack
     name = ac.task if ac is not None and ac.task is not None else (cfg.finetune.task if cfg.finetune else None)
+    trained_with = run.stage_dir("finetune") / "recipe.yaml"
+    if name is None and Path(path) == run.finetuned_model and trained_with.is_file():
+        name = (read_yaml(trained_with).get("finetune") or {}).get("task")
     if name is None:
         raise AttackError("attack.task: a classifier is attacked on a classification task's examples; give one "
                           f"(built-in: {', '.join(k for k, v in BUILTIN_KINDS.items() if v == 'classification')}, "
@@ -59,11 +65,18 @@ def classification_task(run: RunDir, cfg: RunConfig, name: str) -> Task:
     return task
 
 
-def classifier_examples(task: Task, labels: list[str], tokenizer, eos: int, seq_len: int, count: int,
+def seeded_choice(total: int, count: int, seed: int) -> list[int]:
+    """``count`` of ``range(total)`` (all when fewer), drawn with ``seed``, in order."""
+    return [int(i) for i in np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False))]
+
+
+def classifier_examples(task: Task, labels: list[str], tokenizer, eos: int, seq_len: int, count: int, seed: int,
                         protected: set[int]) -> list[Example]:
-    """The task's first ``count`` examples, as the classifier reads them (``classifier_ids``)."""
+    """``count`` seeded examples of the task (a task's examples often come grouped by label), as the classifier
+    reads them (``classifier_ids``)."""
     out = []
-    for i, ex in enumerate(task.examples[:count]):
+    for i in seeded_choice(len(task.examples), count, seed):
+        ex = task.examples[i]
         if ex.label not in labels:
             raise AttackError(f"{task.where(i)}: label {ex.label!r} is not one of the classifier's labels {labels}")
         ids = classifier_ids(tokenizer.encode(ex.text, add_special_tokens=False).ids, eos, seq_len)
@@ -101,9 +114,8 @@ def window_examples(run: RunDir, ac: AttackConfig, context_length: int, protecte
     windows = shards.num_windows(width - 1)  # a window of seq_len s holds s + 1 tokens
     if windows == 0:
         raise AttackError(f"{run.tokens('val')}: fewer than {width} validation tokens")
-    chosen = np.sort(np.random.default_rng(ac.seed).choice(windows, size=min(ac.examples, windows), replace=False))
     out = []
-    for w in chosen:
-        ids = [int(t) for t in shards.window(int(w), width - 1)]
-        out.append(_example(f"val-{int(w)}", ids[:ac.context_tokens], ids[ac.context_tokens:], None, protected))
+    for w in seeded_choice(windows, ac.examples, ac.seed):
+        ids = [int(t) for t in shards.window(w, width - 1)]
+        out.append(_example(f"val-{w}", ids[:ac.context_tokens], ids[ac.context_tokens:], None, protected))
     return out

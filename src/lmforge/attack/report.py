@@ -30,6 +30,10 @@ class Record:
     budget_used: float | None  # an embedding attack: the largest ||delta_i|| / r_i (at most 1)
     original: str  # the context, changed tokens marked [[...]]
     adversarial: str
+    original_ids: list[int]  # the context's tokens
+    adversarial_ids: list[int]  # after a token attack (an embedding attack's are the original ones)
+    suffix_ids: list[int]  # the fixed tokens after the context: the end-of-text, or the scored continuation
+    label: str | None  # a classifier's gold label
 
     @property
     def changed_share(self) -> float:

@@ -74,8 +74,8 @@ def check_attack(run: RunDir, cfg: RunConfig, device="cpu") -> AttackPlan:
         if ac.texts is not None:
             raise AttackError("attack.texts: a classifier is attacked on a classification task's examples "
                               "(attack.task), not on texts")
-        task = classification_task(run, cfg, task_name(cfg))
-        examples = classifier_examples(task, labels, tokenizer, eos, loaded.seq_len, ac.examples, protected)
+        task = classification_task(run, cfg, task_name(run, cfg, path))
+        examples = classifier_examples(task, labels, tokenizer, eos, loaded.seq_len, ac.examples, ac.seed, protected)
     elif ac.task is not None:
         raise AttackError(f"attack.task: a language model is attacked on texts (attack.texts) or validation "
                           f"windows, not on a task's examples; the model {path} has no classification head")
@@ -133,12 +133,14 @@ def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Exam
         return loss - clean_loss >= ac.success_margin
 
     pieces = [plan.tokenizer.decode([t]) for t in example.context]
+    gold = None if example.label is None else plan.loaded.labels[example.label]
     out = {}
     for j, spec in enumerate(ac.attacks):
         if skipped:
             out[spec.key] = Record(example.name, True, False, clean_loss, clean_loss, _correct(plan, example, clean_pred),
                                    _correct(plan, example, clean_pred), describe(clean_pred), describe(clean_pred),
-                                   len(example.context), [], 0, None, "".join(pieces), "".join(pieces))
+                                   len(example.context), [], 0, None, "".join(pieces), "".join(pieces),
+                                   list(example.context), list(example.context), list(example.suffix), gold)
             continue
         o = outcome_of(plan, spec, example, clean_loss, succeeded, seed=ac.seed * 1_000_003 + index * 101 + j)
         with torch.no_grad():
@@ -157,7 +159,8 @@ def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Exam
         out[spec.key] = Record(example.name, False, bool(success), clean_loss, o.loss, _correct(plan, example, clean_pred),
                                _correct(plan, example, pred), describe(clean_pred), describe(pred),
                                len(example.context), o.changed, o.queries, used, marked(pieces, tokens_changed),
-                               marked(adv_pieces, tokens_changed))
+                               marked(adv_pieces, tokens_changed), list(example.context),
+                               o.ids[:len(example.context)], list(example.suffix), gold)
     return out
 
 

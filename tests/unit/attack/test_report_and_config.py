@@ -12,7 +12,7 @@ from lmforge.attack.report import Record, attack_summary, marked, markdown
 
 def record(name, skipped=False, success=False, clean=1.0, attacked=1.0, changed=(), queries=10, tokens=10):
     return Record(name, skipped, success, 0.5, 0.9 if success else 0.6, clean, attacked, "a", "b", tokens,
-                  list(changed), queries, None, "x", "y")
+                  list(changed), queries, None, "x", "y", [1, 2], [1, 3], [0], "a")
 
 
 def test_summary_counts_as_textattack_does():

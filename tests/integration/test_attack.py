@@ -1,0 +1,189 @@
+"""``lmforge attack`` end to end on the debug run trained 10 steps: the language-model loss of validation
+continuations and a fine-tuned classifier's task examples under FGSM, PGD and HotFlip, every adversarial example
+within its budget (checked again on the loaded model), the summary in TextAttack's shape, the same report from
+the same recipe; bad input refused in one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from cli_errors import assert_error_line, snapshot
+from conftest import run_cli
+from lmforge.attack.hotflip import nearest_neighbours
+from lmforge.attack.objective import Example, embed, scores
+from lmforge.checkpoint.load import load_model, pick
+from lmforge.rundir import RunDir
+
+pytestmark = pytest.mark.integration
+
+LM = ["--set", "attack.examples=3", "--set", "attack.context_tokens=16", "--set", "attack.continuation_tokens=4",
+      "--set", "attack.protected_ids=[10, 11]", "--set",
+      "attack.attacks=[{name: fgsm, epsilon: 0.5}, {name: pgd, epsilon: 0.5, steps: 4}, "
+      "{name: pgd, norm: l2, epsilon: 0.5, scale: token, steps: 4}, {name: hotflip, max_changed: 0.25, neighbours: 8}]"]
+CLASSIFIER = ["--checkpoint", "finetuned", "--set", "attack.examples=4", "--set",
+              "attack.attacks=[{name: pgd, epsilon: 5.0, steps: 10}, {name: hotflip, max_changed: 0.5, candidates: 4}]"]
+
+
+@pytest.fixture(scope="module")
+def attacked(trained_base, tmp_path_factory):
+    """The language model attacked (twice: the report of the second run is compared with the first's) and a
+    fine-tuned classifier attacked, each in its own copy of the trained debug run."""
+    folder = tmp_path_factory.mktemp("attack")
+    lm, cls = folder / "lm", folder / "cls"
+    shutil.copytree(trained_base, lm)
+    code, out, err = run_cli("attack", "--run-dir", str(lm), *LM)
+    assert code == 0, err
+    first = {name: (lm / "attack" / name).read_bytes() for name in ("report.json", "report.md", "summary.json")}
+    code, _, err = run_cli("attack", "--run-dir", str(lm), *LM)
+    assert code == 0, err
+    shutil.copytree(trained_base, cls)
+    code, _, err = run_cli("finetune", "--run-dir", str(cls), "--set", "finetune.objective=classification",
+                           "--set", "finetune.task=which_package", "--set", "finetune.max_steps=6",
+                           "--set", "train.eval_every=6", "--set", "train.checkpoint_every=6")
+    assert code == 0, err
+    code, cls_out, err = run_cli("attack", "--run-dir", str(cls), *CLASSIFIER)
+    assert code == 0, err
+    return {"lm": lm, "cls": cls, "first": first, "out": out, "cls_out": cls_out}
+
+
+def report(root):
+    return json.loads((root / "attack" / "report.json").read_text())
+
+
+def rescored(loaded, e: dict) -> tuple[float, int]:
+    """The loss and prediction of the loaded model on an entry's adversarial tokens and its fixed ones."""
+    label = None if e["label"] is None else loaded.labels.index(e["label"])
+    ex = Example(e["example"], tuple(e["adversarial_ids"]), tuple(e["suffix_ids"]), label, ())
+    with torch.no_grad():
+        loss, prediction = scores(loaded.model, ex, embed(loaded.model, torch.tensor([ex.ids])))
+    return float(loss[0]), int(prediction[0])
+
+
+def check_budgets(root, rep: dict) -> None:
+    """Every example under every attack within its budget: embedding perturbations inside their balls, PGD's loss
+    never below the clean one, HotFlip's changes within its share, off protected tokens, among the original
+    token's embedding neighbours, and its reported loss the loaded model's on the adversarial tokens."""
+    loaded = load_model(rep["model"])
+    model = loaded.model
+    protected = {loaded.eos_id or 0, *rep["settings"]["protected_ids"], *loaded.tokenizer.get_added_tokens_decoder()}
+    for key, a in rep["attacks"].items():
+        spec = a["settings"]
+        for e in a["examples"]:
+            if e["skipped"]:
+                continue
+            if spec["name"] in ("fgsm", "pgd"):
+                assert e["budget_used"] <= 1 + 1e-5 and e["adversarial_ids"] == e["original_ids"]
+                assert all(e["original_ids"][i] not in protected for i in e["changed"])
+                if spec["name"] == "pgd":
+                    assert e["attacked_loss"] >= e["clean_loss"]
+                continue
+            changed = [i for i, (a_, b) in enumerate(zip(e["original_ids"], e["adversarial_ids"])) if a_ != b]
+            assert sorted(e["changed"]) == changed
+            assert len(changed) <= math.floor(spec["max_changed"] * e["tokens"])
+            near = nearest_neighbours(model.embed_tokens.weight.detach(), e["original_ids"], spec["neighbours"],
+                                      protected)
+            for i in changed:
+                assert e["original_ids"][i] not in protected and e["adversarial_ids"][i] not in protected
+                assert e["adversarial_ids"][i] in near[e["original_ids"][i]]
+            assert e["attacked_loss"] >= e["clean_loss"]
+
+
+def test_the_language_model_attacked(attacked):
+    root = attacked["lm"]
+    assert {p.name for p in (root / "attack").iterdir()} == {"report.json", "report.md", "summary.json"}
+    rep = report(root)
+    summary = json.loads((root / "attack" / "summary.json").read_text())
+    assert summary["target"] == "language_model" and summary["examples"] == 3
+    assert set(summary["attacks"]) == {"fgsm_linf", "pgd_linf", "pgd_l2", "hotflip"}
+    check_budgets(root, rep)
+    loaded = load_model(pick(RunDir(root)))
+    for key, a in rep["attacks"].items():
+        s = summary["attacks"][key]
+        assert s["skipped_attacks"] == 0 and s["successful_attacks"] + s["failed_attacks"] == 3
+        assert s["average_tokens_per_input"] == 16 and s["clean_loss"] == summary["clean_loss"]
+        for e in a["examples"]:
+            assert e["success"] == (e["attacked_loss"] - e["clean_loss"] >= rep["settings"]["success_margin"])
+            if key == "hotflip":  # the reported loss is the loaded model's on the adversarial tokens
+                assert rescored(loaded, e)[0] == pytest.approx(e["attacked_loss"], rel=1e-5)
+    assert summary["attacks"]["hotflip"]["attacked_loss"] > summary["clean_loss"]  # swaps kept only if they raise it
+    assert summary["attacks"]["pgd_linf"]["attacked_loss"] >= summary["clean_loss"]
+    md = (root / "attack" / "report.md").read_text()
+    assert "| Attack success rate |" in md and "## hotflip" in md and "[[" in md
+    assert "pgd_linf: accuracy under attack" in attacked["out"]
+
+
+def test_the_same_recipe_gives_the_same_report(attacked):
+    for name, data in attacked["first"].items():
+        assert (attacked["lm"] / "attack" / name).read_bytes() == data, name
+
+
+def test_a_classifier_attacked(attacked):
+    root = attacked["cls"]
+    rep = report(root)
+    assert rep["target"] == "classifier" and rep["examples"] == 4
+    check_budgets(root, rep)
+    loaded = load_model(root / "finetune" / "model.safetensors")
+    for key, a in rep["attacks"].items():
+        s = a["summary"]
+        assert s["accuracy_under_attack"] <= s["original_accuracy"] == rep["clean_accuracy"]
+        for e in a["examples"]:
+            assert e["skipped"] == (e["clean_prediction"] != e["label"])  # already wrong: not attacked
+            assert e["success"] == (not e["skipped"] and e["attacked_prediction"] != e["label"])
+            if key == "hotflip" and not e["skipped"]:  # the adversarial tokens, scored again
+                loss, prediction = rescored(loaded, e)
+                assert loss == pytest.approx(e["attacked_loss"], rel=1e-5)
+                assert loaded.labels[prediction] == e["attacked_prediction"]
+    assert rep["attacks"]["pgd_linf"]["summary"]["successful_attacks"] >= 1  # epsilon 5 fools it
+
+
+LONG_TEXT = "def f(x):\n    return x + 1\n\n" * 30
+STEP = "train/checkpoints/step_00000010"
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--set", "attack.attacks=[{name: pgd, epsilon: 0}]"],
+     "error: recipe {root}/recipe.yaml: attack.attacks.0.pgd.epsilon: Input should be greater than 0 (got 0)"),
+    (["--set", "attack.attacks=[{name: hotflip, max_changed: 1.5}]"],
+     "error: recipe {root}/recipe.yaml: attack.attacks.0.hotflip.max_changed: Input should be less than or equal "
+     "to 1 (got 1.5)"),
+    (["--set", "attack.attacks=[{name: hotflip, max_changed: 0}]"],
+     "error: recipe {root}/recipe.yaml: attack.attacks.0.hotflip.max_changed: Input should be greater than 0 "
+     "(got 0)"),
+    (["--set", "attack.attacks=[{name: pgd, steps: 0}]"],
+     "error: recipe {root}/recipe.yaml: attack.attacks.0.pgd.steps: Input should be greater than or equal to 1 "
+     "(got 0)"),
+    (["--set", "attack.attacks=[{name: deepfool}]"],
+     "error: recipe {root}/recipe.yaml: attack.attacks: unknown attack 'deepfool' at position 0 (known: fgsm, pgd, "
+     "hotflip)"),
+    (["--set", "attack.target=classifier"],
+     "error: attack.target=classifier: the model {root}/" + STEP + " has no classification head (a language "
+     "model); attack a classifier (lmforge finetune with finetune.objective=classification) or set "
+     "attack.target=language_model"),
+    (["--text", LONG_TEXT],
+     "error: attack.texts[0]: the text is {long} tokens, longer than the model's context of 128 tokens"),
+    (["--set", "attack.context_tokens=200"],
+     "error: attack: context_tokens + continuation_tokens = 208 tokens, longer than the model's context of 128 "
+     "tokens"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(attacked, args, line):
+    root = attacked["lm"]
+    long = len(load_model(pick(RunDir(root))).tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids)
+    before = snapshot(root)
+    code, _, err = run_cli("attack", "--run-dir", str(root), *args)
+    assert_error_line(code, err, line.format(root=root, long=long))
+    assert snapshot(root) == before
+
+
+def test_a_classifier_has_no_language_model_loss_to_attack(attacked):
+    root = attacked["cls"]
+    before = snapshot(root)
+    code, _, err = run_cli("attack", "--run-dir", str(root), "--checkpoint", "finetuned", "--set",
+                           "attack.target=language_model")
+    assert_error_line(code, err, f"error: attack.target=language_model: the model {root}/finetune/model.safetensors "
+                                 "is a classifier (labels asyncio, ctypes), without a language-model head")
+    assert snapshot(root) == before
