@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 LM = ["--set", "attack.examples=3", "--set", "attack.context_tokens=16", "--set", "attack.continuation_tokens=4",
       "--set", "attack.protected_ids=[10, 11]", "--set",
       "attack.attacks=[{name: fgsm, epsilon: 0.5}, {name: pgd, epsilon: 0.5, steps: 4}, "
-      "{name: pgd, norm: l2, epsilon: 0.5, scale: token, steps: 4}, {name: hotflip, max_changed: 0.25, neighbours: 8}]"]
+      "{name: pgd, norm: l2, epsilon: 0.5, scale: token, steps: 4}, {name: hotflip, max_changed: 0.25, neighbours: 8}, "
+      "{name: gcg, target: 'return None', suffix_tokens: 3, top_k: 8, candidates: 8, steps: 3}]"]
 CLASSIFIER = ["--checkpoint", "finetuned", "--set", "attack.examples=4", "--set",
               "attack.attacks=[{name: pgd, epsilon: 5.0, steps: 10}, {name: hotflip, max_changed: 0.5, candidates: 4}]"]
 
@@ -82,6 +83,13 @@ def check_budgets(root, rep: dict) -> None:
                 if spec["name"] == "pgd":
                     assert e["attacked_loss"] >= e["clean_loss"]
                 continue
+            if spec["name"] == "gcg":  # the context kept, the suffix after it free of protected tokens
+                n = len(e["original_ids"])
+                assert e["adversarial_ids"][:n] == e["original_ids"] and e["changed"] == list(range(n, n + 3))
+                assert len(e["adversarial_ids"]) == e["tokens"] == n + 3
+                assert not protected & set(e["adversarial_ids"][n:])
+                assert e["suffix_ids"] == loaded.tokenizer.encode(spec["target"], add_special_tokens=False).ids
+                continue
             changed = [i for i, (a_, b) in enumerate(zip(e["original_ids"], e["adversarial_ids"])) if a_ != b]
             assert sorted(e["changed"]) == changed
             assert len(changed) <= math.floor(spec["max_changed"] * e["tokens"])
@@ -99,14 +107,19 @@ def test_the_language_model_attacked(attacked):
     rep = report(root)
     summary = json.loads((root / "attack" / "summary.json").read_text())
     assert summary["target"] == "language_model" and summary["examples"] == 3
-    assert set(summary["attacks"]) == {"fgsm_linf", "pgd_linf", "pgd_l2", "hotflip"}
+    assert set(summary["attacks"]) == {"fgsm_linf", "pgd_linf", "pgd_l2", "hotflip", "gcg"}
     check_budgets(root, rep)
     loaded = load_model(pick(RunDir(root)))
     for key, a in rep["attacks"].items():
         s = summary["attacks"][key]
         assert s["skipped_attacks"] == 0 and s["successful_attacks"] + s["failed_attacks"] == 3
-        assert s["average_tokens_per_input"] == 16 and s["clean_loss"] == summary["clean_loss"]
         for e in a["examples"]:
+            if key == "gcg":  # success: the target is the greedy continuation after the suffix
+                loss, hits = rescored(loaded, e)
+                assert loss == pytest.approx(e["attacked_loss"], rel=1e-5)
+                assert e["success"] == (hits == len(e["suffix_ids"])) and e["attacked_correct"] == hits / len(e["suffix_ids"])
+                continue
+            assert s["average_tokens_per_input"] == 16 and s["clean_loss"] == summary["clean_loss"]
             assert e["success"] == (e["attacked_loss"] - e["clean_loss"] >= rep["settings"]["success_margin"])
             if key == "hotflip":  # the reported loss is the loaded model's on the adversarial tokens
                 assert rescored(loaded, e)[0] == pytest.approx(e["attacked_loss"], rel=1e-5)
@@ -159,13 +172,16 @@ STEP = "train/checkpoints/step_00000010"
      "(got 0)"),
     (["--set", "attack.attacks=[{name: deepfool}]"],
      "error: recipe {root}/recipe.yaml: attack.attacks: unknown attack 'deepfool' at position 0 (known: fgsm, pgd, "
-     "hotflip)"),
+     "hotflip, gcg)"),
     (["--set", "attack.target=classifier"],
      "error: attack.target=classifier: the model {root}/" + STEP + " has no classification head (a language "
      "model); attack a classifier (lmforge finetune with finetune.objective=classification) or set "
      "attack.target=language_model"),
     (["--text", LONG_TEXT],
      "error: attack.texts[0]: the text is {long} tokens, longer than the model's context of 128 tokens"),
+    (["--set", "attack.context_tokens=120", "--set", "attack.attacks=[{name: gcg, target: import os}]"],
+     "error: attack.attacks[0] gcg: a context, the suffix and the target 'import os' are 120 + 5 + {target} tokens, "
+     "longer than the model's context of 128 tokens"),
     (["--set", "attack.context_tokens=200"],
      "error: attack: context_tokens + continuation_tokens = 208 tokens, longer than the model's context of 128 "
      "tokens"),
@@ -175,15 +191,22 @@ def test_bad_input_is_one_line_and_writes_nothing(attacked, args, line):
     long = len(load_model(pick(RunDir(root))).tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids)
     before = snapshot(root)
     code, _, err = run_cli("attack", "--run-dir", str(root), *args)
-    assert_error_line(code, err, line.format(root=root, long=long))
+    target = len(load_model(pick(RunDir(root))).tokenizer.encode("import os", add_special_tokens=False).ids)
+    assert_error_line(code, err, line.format(root=root, long=long, target=target))
     assert snapshot(root) == before
 
 
-def test_a_classifier_has_no_language_model_loss_to_attack(attacked):
+@pytest.mark.parametrize("args, line", [
+    (["--set", "attack.target=language_model"],
+     "error: attack.target=language_model: the model {model} is a classifier (labels asyncio, ctypes), without a "
+     "language-model head"),
+    (["--set", "attack.attacks=[{name: gcg}]"],
+     "error: attack.attacks[0] gcg: a suffix search makes a language model's continuation likely; the model {model} "
+     "is a classifier"),
+])
+def test_a_classifier_has_no_language_model_loss_to_attack(attacked, args, line):
     root = attacked["cls"]
     before = snapshot(root)
-    code, _, err = run_cli("attack", "--run-dir", str(root), "--checkpoint", "finetuned", "--set",
-                           "attack.target=language_model")
-    assert_error_line(code, err, f"error: attack.target=language_model: the model {root}/finetune/model.safetensors "
-                                 "is a classifier (labels asyncio, ctypes), without a language-model head")
+    code, _, err = run_cli("attack", "--run-dir", str(root), "--checkpoint", "finetuned", *args)
+    assert_error_line(code, err, line.format(model=root / "finetune" / "model.safetensors"))
     assert snapshot(root) == before

@@ -46,8 +46,24 @@ class TokenAttack(StrictModel):
         return self.name
 
 
-ATTACKS = {"fgsm": EmbeddingAttack, "pgd": EmbeddingAttack, "hotflip": TokenAttack}
-Attack = Annotated[EmbeddingAttack | TokenAttack, Field(discriminator="name")]
+class SuffixAttack(StrictModel):
+    """A language model's GCG suffix search: ``suffix_tokens`` tokens after each context, chosen so that ``target``
+    follows them, within a small budget (``steps`` of ``candidates`` swaps, each among a position's ``top_k``)."""
+    name: Literal["gcg"]
+    target: str = Field(default="import os", min_length=1, description="the continuation made likely")
+    init: str = Field(default="!", min_length=1, description="the suffix starts as this text's first token, repeated")
+    suffix_tokens: int = Field(default=5, ge=1)
+    top_k: int = Field(default=16, ge=1, description="a position's replacements: its most promising by gradient")
+    candidates: int = Field(default=16, ge=1, description="swaps scored exactly per step")
+    steps: int = Field(default=10, ge=1)
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+ATTACKS = {"fgsm": EmbeddingAttack, "pgd": EmbeddingAttack, "hotflip": TokenAttack, "gcg": SuffixAttack}
+Attack = Annotated[EmbeddingAttack | TokenAttack | SuffixAttack, Field(discriminator="name")]
 
 
 class AttackConfig(StrictModel):

@@ -4,7 +4,9 @@ Per attack: successful, failed and skipped attacks (a classifier's examples it a
 TextAttack does: they count as wrong under attack too), the original accuracy and the accuracy under attack, the
 attack success rate (successful / attacked), the mean share of tokens changed over successful attacks, the mean
 tokens per input and the mean queries over attacked examples; the mean clean and attacked loss beside them. A
-language model's accuracy is the share of its continuation tokens that are the argmax after their prefix.
+language model's accuracy is the share of its continuation tokens that are the argmax after their prefix. For the
+GCG suffix search the loss and accuracy are its target's, without a suffix and after the suffix found (the attack
+lowers that loss), and it succeeds when the whole target is the greedy continuation.
 """
 
 from __future__ import annotations

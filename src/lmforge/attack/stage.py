@@ -1,8 +1,9 @@
 """``lmforge attack``: a classifier's labelled examples, or the language-model loss of validation continuations,
-under embedding-space FGSM and PGD (``attack.embedding``) and HotFlip token substitution (``attack.hotflip``), on
-any model the one loader opens. Written as ``attack/report.json`` (every example under every attack),
-``attack/report.md`` and ``attack/summary.json`` (``attack.report``); the folder is built under a temporary name
-and appears whole, replacing an earlier one. Seeded: the same recipe gives the same report.
+under embedding-space FGSM and PGD (``attack.embedding``), HotFlip token substitution (``attack.hotflip``) and,
+for the language model, a GCG suffix search toward a target continuation (``attack.suffix``), on any model the
+one loader opens. Written as ``attack/report.json`` (every example under every attack), ``attack/report.md`` and
+``attack/summary.json`` (``attack.report``); the folder is built under a temporary name and appears whole,
+replacing an earlier one. Seeded: the same recipe gives the same report.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from pathlib import Path
 
 import torch
 
-from lmforge.attack.config import AttackConfig, TokenAttack
+from lmforge.attack.config import AttackConfig, SuffixAttack, TokenAttack
 from lmforge.attack.embedding import fgsm, pgd, radii
 from lmforge.attack.examples import (classification_task, classifier_examples, protected_tokens, task_name,
                                      text_examples, window_examples)
 from lmforge.attack.hotflip import hotflip, nearest_neighbours
+from lmforge.attack.suffix import gcg
 from lmforge.attack.objective import Example, Outcome, embed, scores
 from lmforge.attack.report import Record, attack_summary, markdown, marked
 from lmforge.checkpoint.load import LoadedModel, load_model, pick
@@ -42,6 +44,7 @@ class AttackPlan:
     examples: list[Example]
     protected: set[int]  # token ids never changed nor put in
     neighbours: dict[int, list[int]] | None  # HotFlip's candidates of every attacked token
+    suffixes: dict[str, tuple[int, tuple[int, ...]]]  # per GCG attack: its suffix's first token, its target's ids
 
 
 def settings_of(cfg: RunConfig) -> AttackConfig:
@@ -66,6 +69,10 @@ def check_attack(run: RunDir, cfg: RunConfig, device="cpu") -> AttackPlan:
     if target == LANGUAGE_MODEL and labels is not None:
         raise AttackError(f"attack.target=language_model: the model {path} is a classifier (labels "
                           f"{', '.join(labels)}), without a language-model head")
+    suffix_search = next((i for i, spec in enumerate(ac.attacks) if isinstance(spec, SuffixAttack)), None)
+    if target == CLASSIFIER and suffix_search is not None:
+        raise AttackError(f"attack.attacks[{suffix_search}] gcg: a suffix search makes a language model's "
+                          f"continuation likely; the model {path} is a classifier")
     tokenizer = loaded.tokenizer if loaded.tokenizer_path is not None else _run_tokenizer(run)
     eos = eos_id_of(tokenizer)
     model = loaded.model
@@ -95,7 +102,28 @@ def check_attack(run: RunDir, cfg: RunConfig, device="cpu") -> AttackPlan:
         attacked = [ex.context[i] for ex in examples for i in ex.attackable]
         neighbours = nearest_neighbours(model.embed_tokens.weight.detach(), attacked,
                                         max(a.neighbours for a in token_attacks), protected)
-    return AttackPlan(path, loaded, tokenizer, target, examples, protected, neighbours)
+    suffixes = {spec.key: suffix_tokens(spec, i, tokenizer, examples, protected, model.dims.context_length)
+                for i, spec in enumerate(ac.attacks) if isinstance(spec, SuffixAttack)}
+    return AttackPlan(path, loaded, tokenizer, target, examples, protected, neighbours, suffixes)
+
+
+def suffix_tokens(spec: SuffixAttack, index: int, tokenizer, examples: list[Example], protected: set[int],
+                  context_length: int) -> tuple[int, tuple[int, ...]]:
+    """A GCG attack's first suffix token and target ids, checked: a target that fits after every context and the
+    suffix."""
+    where = f"attack.attacks[{index}] gcg"
+    ids = tuple(tokenizer.encode(spec.target, add_special_tokens=False).ids)
+    init = tokenizer.encode(spec.init, add_special_tokens=False).ids
+    if not ids or not init:
+        raise AttackError(f"{where}: the {'target' if not ids else 'init'} encodes to no tokens")
+    if init[0] in protected:
+        raise AttackError(f"{where}: the init {spec.init!r} starts with a protected token ({init[0]})")
+    longest = max(len(ex.context) for ex in examples)
+    if longest + spec.suffix_tokens + len(ids) > context_length:
+        raise AttackError(f"{where}: a context, the suffix and the target {spec.target!r} are {longest} + "
+                          f"{spec.suffix_tokens} + {len(ids)} tokens, longer than the model's context of "
+                          f"{context_length} tokens")
+    return init[0], ids
 
 
 def _run_tokenizer(run: RunDir):
@@ -115,15 +143,19 @@ def outcome_of(plan: AttackPlan, spec, example: Example, clean_loss: float, succ
     return pgd(model, example, spec, clean_loss, seed)
 
 
-def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Example) -> dict[str, Record]:
-    """``example`` under every attack of ``ac``."""
-    model = plan.loaded.model
-    device = model.rope_cos.device
-    ids = torch.tensor([example.ids], device=device)
+def score(model, example: Example, ids: list[int], delta: torch.Tensor | None = None) -> tuple[float, int]:
+    """The example's loss and prediction on the tokens ``ids`` (their embeddings plus ``delta`` (T, C))."""
     with torch.no_grad():
-        x = embed(model, ids)  # (1, T, C)
-        loss, prediction = scores(model, example, x)
-    clean_loss, clean_pred = float(loss[0]), int(prediction[0])
+        x = embed(model, torch.tensor([ids], device=model.rope_cos.device))  # (1, T, C)
+        loss, prediction = scores(model, example, x if delta is None else x + delta)
+    return float(loss[0]), int(prediction[0])
+
+
+def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Example
+                   ) -> tuple[float, float, dict[str, Record]]:
+    """``example``'s clean loss and accuracy, and its record under every attack of ``ac``."""
+    model = plan.loaded.model
+    clean_loss, clean_pred = score(model, example, example.ids)
     describe = _describer(plan, example)
     skipped = plan.target == CLASSIFIER and clean_pred != example.label  # already wrong: not attacked
 
@@ -134,34 +166,52 @@ def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Exam
 
     pieces = [plan.tokenizer.decode([t]) for t in example.context]
     gold = None if example.label is None else plan.loaded.labels[example.label]
+    clean_correct = _correct(plan, example, clean_pred)
     out = {}
     for j, spec in enumerate(ac.attacks):
-        if skipped:
-            out[spec.key] = Record(example.name, True, False, clean_loss, clean_loss, _correct(plan, example, clean_pred),
-                                   _correct(plan, example, clean_pred), describe(clean_pred), describe(clean_pred),
-                                   len(example.context), [], 0, None, "".join(pieces), "".join(pieces),
-                                   list(example.context), list(example.context), list(example.suffix), gold)
+        seed = ac.seed * 1_000_003 + index * 101 + j
+        if isinstance(spec, SuffixAttack):
+            out[spec.key] = suffix_record(plan, spec, example, seed)
             continue
-        o = outcome_of(plan, spec, example, clean_loss, succeeded, seed=ac.seed * 1_000_003 + index * 101 + j)
-        with torch.no_grad():
-            adv = embed(model, torch.tensor([o.ids], device=device))
-            if o.delta is not None:
-                adv = adv + o.delta
-            pred = int(scores(model, example, adv)[1][0])
+        if skipped:
+            out[spec.key] = Record(example.name, True, False, clean_loss, clean_loss, clean_correct, clean_correct,
+                                   describe(clean_pred), describe(clean_pred), len(example.context), [], 0, None,
+                                   "".join(pieces), "".join(pieces), list(example.context), list(example.context),
+                                   list(example.suffix), gold)
+            continue
+        o = outcome_of(plan, spec, example, clean_loss, succeeded, seed)
+        _, pred = score(model, example, o.ids, o.delta)
         used = None
         if o.delta is not None:
             r = radii(model, example, spec)  # (T, 1)
             lengths = o.delta.abs().amax(-1, keepdim=True) if spec.norm == "linf" else o.delta.norm(dim=-1, keepdim=True)
             used = float((lengths / r.clamp_min(1e-30)).max())
-        success = succeeded(pred, o.loss)
-        tokens_changed = [i for i in o.changed if o.delta is None]
+        tokens_changed = o.changed if o.delta is None else []
         adv_pieces = [plan.tokenizer.decode([t]) for t in o.ids[:len(example.context)]]
-        out[spec.key] = Record(example.name, False, bool(success), clean_loss, o.loss, _correct(plan, example, clean_pred),
+        out[spec.key] = Record(example.name, False, succeeded(pred, o.loss), clean_loss, o.loss, clean_correct,
                                _correct(plan, example, pred), describe(clean_pred), describe(pred),
                                len(example.context), o.changed, o.queries, used, marked(pieces, tokens_changed),
                                marked(adv_pieces, tokens_changed), list(example.context),
                                o.ids[:len(example.context)], list(example.suffix), gold)
-    return out
+    return clean_loss, clean_correct, out
+
+
+def suffix_record(plan: AttackPlan, spec: SuffixAttack, example: Example, seed: int) -> Record:
+    """GCG on one context: the target's loss and greedy match without a suffix, and after the suffix found
+    (the attack succeeds when every target token is the argmax after it)."""
+    model = plan.loaded.model
+    init, target = plan.suffixes[spec.key]
+    n, S = len(example.context), spec.suffix_tokens
+    clean = Example(example.name, example.context, target, None, ())
+    clean_loss, clean_hits = score(model, clean, clean.ids)
+    searched = Example(example.name, (*example.context, *[init] * S), target, None, tuple(range(n, n + S)))
+    o = gcg(model, searched, spec, plan.protected, seed)
+    _, hits = score(model, searched, o.ids)
+    pieces = [plan.tokenizer.decode([t]) for t in o.ids[:n + S]]
+    return Record(example.name, False, hits == len(target), clean_loss, o.loss, clean_hits / len(target),
+                  hits / len(target), f"{clean_hits}/{len(target)} target tokens", f"{hits}/{len(target)} target tokens",
+                  n + S, o.changed, o.queries, None, "".join(pieces[:n]), marked(pieces, o.changed),
+                  list(example.context), o.ids[:n + S], list(target), None)
 
 
 def _correct(plan: AttackPlan, example: Example, prediction: int) -> float:
@@ -179,16 +229,20 @@ def _describer(plan: AttackPlan, example: Example):
 def run_attack(run: RunDir, cfg: RunConfig, plan: AttackPlan) -> dict:
     ac = settings_of(cfg)
     records: dict[str, list[Record]] = {spec.key: [] for spec in ac.attacks}
+    clean_losses, clean_correct = [], []
     with frozen(plan.loaded.model), track("attack", total=len(plan.examples), unit="examples") as bar:
         for i, example in enumerate(plan.examples):
             bar.set(example=example.name)
-            for key, record in attack_example(plan, ac, i, example).items():
+            loss, correct, found = attack_example(plan, ac, i, example)
+            clean_losses.append(loss)
+            clean_correct.append(correct)
+            for key, record in found.items():
                 records[key].append(record)
             bar.advance()
     summaries = {key: attack_summary(rs) for key, rs in records.items()}
-    first = next(iter(summaries.values()))
-    summary = {"model": str(plan.path), "target": plan.target, "examples": len(plan.examples), "seed": ac.seed,
-               "clean_accuracy": first["original_accuracy"], "clean_loss": first["clean_loss"], "attacks": summaries}
+    n = len(plan.examples)
+    summary = {"model": str(plan.path), "target": plan.target, "examples": n, "seed": ac.seed,
+               "clean_accuracy": sum(clean_correct) / n, "clean_loss": sum(clean_losses) / n, "attacks": summaries}
     report = {**summary, "settings": ac.model_dump(mode="json"),
               "attacks": {spec.key: {"settings": spec.model_dump(mode="json"), "summary": summaries[spec.key],
                                      "examples": [r.to_dict() for r in records[spec.key]]} for spec in ac.attacks}}

@@ -43,7 +43,7 @@ def test_changed_tokens_are_marked():
     ({"name": "pgd", "steps": 0}, "greater than or equal to 1"),
     ({"name": "hotflip", "max_changed": 0}, "greater than 0"),
     ({"name": "hotflip", "max_changed": 1.5}, "less than or equal to 1"),
-    ({"name": "deepfool"}, "unknown attack 'deepfool' at position 0 (known: fgsm, pgd, hotflip)"),
+    ({"name": "deepfool"}, "unknown attack 'deepfool' at position 0 (known: fgsm, pgd, hotflip, gcg)"),
 ])
 def test_bad_budgets_and_names_are_refused(attack, message):
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
