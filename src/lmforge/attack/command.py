@@ -1,5 +1,5 @@
-"""``lmforge attack``: a classifier, or the language-model loss, under embedding-space FGSM / PGD and HotFlip token
-substitution, with a robustness report (recipe section ``attack:``)."""
+"""``lmforge attack``: a classifier, or the language-model loss, under embedding-space FGSM / PGD, HotFlip token
+substitution and a GCG suffix search, with a robustness report (recipe section ``attack:``)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def attack(recipe, overrides, run_dir, checkpoint, task, texts, examples):
     """Attack a model: a classifier's labels, or the language-model loss of validation continuations, under
     embedding-space FGSM and PGD (L-infinity and L2 balls relative to the embedding norms) and HotFlip token
     substitution (a share of the tokens at most, protected tokens kept, candidates among each token's nearest
-    embedding neighbours): attack/report.json, report.md and summary.json in TextAttack's summary shape (accuracy
-    and loss under each attack, success rate, tokens changed, queries, examples). Not part of lmforge run.
+    embedding neighbours) and, for the language model, a GCG suffix search toward a target continuation:
+    attack/report.json, report.md and summary.json in TextAttack's summary shape (accuracy and loss under each
+    attack, success rate, tokens changed, queries, examples). Not part of lmforge run.
     """
     from lmforge.attack.config import AttackConfig
     from lmforge.attack.stage import check_attack, run_attack
