@@ -29,8 +29,8 @@ def nearest_neighbours(table: torch.Tensor, tokens: list[int], k: int, banned: s
     similarity = unit[wanted] @ unit.T  # (W, V)
     excluded = torch.tensor(sorted(banned), dtype=torch.long, device=table.device)
     similarity[:, excluded] = -math.inf
-    similarity[torch.arange(len(wanted)), torch.tensor(wanted)] = -math.inf  # not itself
-    k = min(k, table.shape[0] - len(banned | set(wanted)))
+    similarity[torch.arange(len(wanted), device=table.device), torch.tensor(wanted, device=table.device)] = -math.inf
+    k = min(k, table.shape[0] - len(banned) - 1)  # the tokens left: all but the banned ones and itself
     top = similarity.topk(k, dim=-1).indices  # (W, k)
     return {t: [int(v) for v in row] for t, row in zip(wanted, top)}
 

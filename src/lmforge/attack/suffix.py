@@ -35,10 +35,10 @@ def gcg(model: Decoder, example: Example, spec: SuffixAttack, protected: set[int
         one_hot_grad = grad[0, positions] @ table.T  # (S, V): dL/d(one-hot of each suffix token)
         one_hot_grad[:, banned] = float("inf")
         top = (-one_hot_grad).topk(min(spec.top_k, table.shape[0] - len(banned)), dim=-1).indices  # (S, k)
-        where = torch.randint(len(positions), (spec.candidates,), generator=generator)  # (N,)
-        pick = torch.randint(top.shape[1], (spec.candidates,), generator=generator)  # (N,)
+        where = torch.randint(len(positions), (spec.candidates,), generator=generator).to(device)  # (N,)
+        pick = torch.randint(top.shape[1], (spec.candidates,), generator=generator).to(device)  # (N,)
         rows = torch.tensor([ids] * spec.candidates, device=device)  # (N, T)
-        rows[torch.arange(spec.candidates), positions[where]] = top[where.to(device), pick.to(device)]
+        rows[torch.arange(spec.candidates, device=device), positions[where]] = top[where, pick]
         with torch.no_grad():
             exact, hits = scores(model, example, embed(model, rows))  # (N,), (N,)
         queries += spec.candidates
