@@ -79,8 +79,9 @@ def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len:
     (``lmforge.secure.seal.Seal``): serialized in memory and written encrypted (no plaintext on disk) and/or
     signed (``<output>.sig``)."""
     from safetensors import SafetensorError
-    from safetensors.torch import save, save_file
+    from safetensors.torch import save_file
 
+    from lmforge.checkpoint.formats import safetensors_pieces
     from lmforge.core.atomic import atomic_write_with
     from lmforge.errors import LmforgeError
 
@@ -89,7 +90,7 @@ def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len:
         if seal is None:
             atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
         else:
-            _, written = seal.write_file(output, save(weights, metadata=metadata))
+            _, written = seal.write_file(output, safetensors_pieces(weights, metadata))
             seal.sign(output, {".": written})
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
         raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc

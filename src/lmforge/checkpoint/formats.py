@@ -12,12 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, load_model, save, save_file, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 from lmforge.core.atomic import atomic_dir
@@ -83,9 +84,9 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     plaintext on disk), then the folder is signed (``<folder>.sig``) from the digests taken while writing."""
     written = {}
 
-    def put(tmp: Path, name: str, data: bytes) -> str:
+    def put(tmp: Path, name: str, pieces: list) -> str:
         with open(tmp / name, "wb") as out:
-            plain, written[name] = seal.write(out, data, name)
+            plain, written[name] = seal.write(out, pieces, name)
         return plain
 
     with atomic_dir(path) as tmp:
@@ -94,28 +95,28 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
             save_model(model, str(tmp / MODEL_FILE))
             files = {MODEL_FILE: sha256_file(tmp / MODEL_FILE)}
         else:
-            files = {MODEL_FILE: put(tmp, MODEL_FILE, model_bytes(model))}
+            files = {MODEL_FILE: put(tmp, MODEL_FILE, safetensors_pieces(*model_tensors(model)))}
         if optimizer is not None:
             tensors, meta = flatten_optimizer_state(optimizer)
             if seal is None:
                 save_file(tensors, str(tmp / OPTIMIZER_FILE))
                 files[OPTIMIZER_FILE] = sha256_file(tmp / OPTIMIZER_FILE)
             else:
-                files[OPTIMIZER_FILE] = put(tmp, OPTIMIZER_FILE, save(tensors))
+                files[OPTIMIZER_FILE] = put(tmp, OPTIMIZER_FILE, safetensors_pieces(tensors))
             full_state["optimizer"] = meta
         full_state["files"] = files
         text = json.dumps(full_state, indent=1, sort_keys=True)
         if seal is None:
             (tmp / STATE_FILE).write_text(text)
         else:
-            put(tmp, STATE_FILE, text.encode("utf-8"))
+            put(tmp, STATE_FILE, [text.encode("utf-8")])
     if seal is not None:
         seal.sign(path, written)
 
 
-def model_bytes(model: nn.Module) -> bytes:
-    """The model as ``safetensors.torch.save_model`` writes it, in memory: each shared tensor once (a tied head
-    under the first name), the dropped names recorded in the metadata as aliases of the kept one."""
+def model_tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str] | None]:
+    """What ``safetensors.torch.save_model`` writes of a model: each shared tensor once (a tied head under the
+    first name), and the metadata naming each dropped name's kept one."""
     kept, tensors, aliases = {}, {}, {}
     for name, tensor in model.state_dict().items():
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
@@ -123,8 +124,70 @@ def model_bytes(model: nn.Module) -> bytes:
             aliases[name] = kept[key]
         else:
             kept[key] = name
-            tensors[name] = tensor.detach().contiguous()
-    return save(tensors, metadata=aliases or None)
+            tensors[name] = tensor
+    return tensors, aliases or None
+
+
+_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL"}
+
+
+def safetensors_pieces(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> list:
+    """A safetensors file of ``tensors`` as pieces written one after the other: the header, then each tensor's own
+    memory. By hand because safetensors serializes only into one bytes object (copying every tensor twice on the
+    way); the format is its documented one: an 8-byte little-endian header size, a JSON header (each tensor's
+    dtype, shape and byte range; ``__metadata__``) padded with spaces to a multiple of 8, then the data."""
+    header, data, offset = {}, [], 0
+    for name, tensor in tensors.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy()
+        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + raw.nbytes]}
+        data.append(raw)
+        offset += raw.nbytes
+    if metadata:
+        header["__metadata__"] = metadata
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return [len(text).to_bytes(8, "little"), text, *data]
+
+
+_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
+
+
+def tensors_in(buffer: bytearray, where) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors bytes held in ``buffer`` (a decrypted file), as views of it: no copy. By hand
+    because safetensors' ``load`` takes only ``bytes`` and copies every tensor; checked as safetensors checks a
+    file (the header, each dtype and shape, byte ranges that tile the data exactly), else CheckpointError."""
+    view = memoryview(buffer)
+    try:
+        length = int.from_bytes(view[:8], "little")
+        header = json.loads(bytes(view[8:8 + length])) if len(view) >= 8 and 8 + length <= len(view) else None
+        entries = {k: v for k, v in header.items() if k != "__metadata__"}
+        start, spans, tensors = 8 + length, [], {}
+        for name, entry in entries.items():
+            dtype, shape, (begin, end) = _DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or not 0 <= begin <= end:
+                raise ValueError(name)
+            count = math.prod(shape)
+            if end - begin != count * torch.empty((), dtype=dtype).element_size():
+                raise ValueError(name)
+            spans.append((begin, end))
+            data = torch.frombuffer(view, dtype=torch.uint8, count=end - begin, offset=start + begin) \
+                if end > begin else torch.empty(0, dtype=torch.uint8)
+            tensors[name] = data.view(dtype).reshape(shape)
+        position = 0
+        for begin, end in sorted(spans):
+            if begin != position:
+                raise ValueError("ranges")
+            position = end
+        if start + position != len(view):
+            raise ValueError("size")
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, UnicodeDecodeError):
+        raise CheckpointError(f"checkpoint {where}: not a safetensors file (decrypted; a corrupt header or byte "
+                              "ranges)") from None
+    return tensors
 
 
 def read_state(path: Path, verify: bool = True, plaintext=None) -> dict:

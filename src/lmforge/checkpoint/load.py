@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load, load_file
+from safetensors.torch import load_file
 from torch import nn
 
-from lmforge.checkpoint.formats import MODEL_FILE, STATE_FILE, load_safetensors, read_state, restore_rng
+from lmforge.checkpoint.formats import MODEL_FILE, STATE_FILE, load_safetensors, read_state, restore_rng, tensors_in
 from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
@@ -84,11 +84,13 @@ def _plaintext_head(file: Path, size: int) -> bytes | None:
 
 def _state(path: Path, verify: bool) -> dict:
     """A checkpoint folder's state (``formats.read_state``); an encrypted folder's decrypted in memory, its
-    manifest checked against every file's plaintext (every file of it must be encrypted) unless the folder's
-    signature was verified: that covers every file's ciphertext, whose authenticated decryption is the plaintext."""
+    manifest checked against every file's plaintext (every file of it must be encrypted). Not hashed again when the
+    folder's signature was verified: it covered every file as stored (an encrypted file's ciphertext, whose
+    authenticated decryption is the plaintext)."""
+    access = ACCESS.get()
+    verify = verify and not (access is not None and access.verified(path))  # the signature covered every file
     if not path.is_dir() or _plaintext(path / STATE_FILE) is None:
         return read_state(path, verify=verify)
-    verify = verify and not ACCESS.get().verified(path)
 
     def encrypted(file: Path) -> bytes:
         plain = _plaintext(file)
@@ -342,8 +344,8 @@ def _require_not_sharded(path: Path, state: dict) -> None:
 def _load_weights(file: Path, model: nn.Module, data: bytes) -> None:
     """A decrypted ``model.safetensors`` into ``model``, as ``formats.load_safetensors`` does from disk: a weight
     it does not hold must be tied to one it holds (safetensors drops shared tensors' aliases)."""
+    tensors = tensors_in(data, file)
     try:
-        tensors = load(data)
         missing, unexpected = model.load_state_dict(tensors, strict=False)
     except (SafetensorError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {file}: cannot load weights: {str(exc).splitlines()[0]}") from None
@@ -368,7 +370,7 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
     labels = _exported_labels(path, meta)
     data = _plaintext(path)
     try:
-        tensors = load_file(str(path)) if data is None else load(data)
+        tensors = load_file(str(path)) if data is None else tensors_in(data, path)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path}: not a safetensors file ({str(exc).splitlines()[0]})") from None
     if "lmforge.quantization" in meta:  # a quantized model (``lmforge compress``): its own layers

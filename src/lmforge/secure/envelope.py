@@ -23,16 +23,20 @@ keeps the plaintext in memory for the loader (never on disk).
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
 import json
+import mmap
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, x25519
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
@@ -47,6 +51,7 @@ SEGMENT_SIZE = 1 << 20
 TAG = 16
 NONCE_PREFIX = 7
 MAX_HEADER = 1 << 20
+SMALL_FILE = 16 << 20  # decrypted into a bytearray up to this size (state, metadata), into anonymous memory above
 SCRYPT_LOG_N = 15  # 32 MiB, ~0.1 s: the cost age uses for a passphrase is 2^18; a checkpoint folder pays it per file
 SCRYPT_LOG_N_RANGE = (10, 20)  # a header asking for more is refused (it would be a memory bomb)
 _ZERO_NONCE = bytes(12)  # each key-wrapping key is used once (fresh ephemeral key or salt), as in age
@@ -130,10 +135,22 @@ def segment_count(size: int, segment_size: int) -> int:
     return max(1, -(-size // segment_size))
 
 
-def seal_segments(read, size: int, recipients: list, name: str, segment_size: int = SEGMENT_SIZE) -> Iterator[bytes]:
-    """The envelope of ``size`` plaintext bytes that ``read(n)`` hands out in order, piece by piece: first
-    everything before segment 0 (the associated data), then each sealed segment. A fresh data key, salt and nonce
-    prefix per call."""
+@dataclasses.dataclass(frozen=True)
+class Sealer:
+    """One file's envelope in the making: ``aad`` (everything before segment 0, written first) and ``seal(i,
+    chunk)``, segment ``i`` of ``count`` sealed; segments may be sealed in any order, on several threads."""
+    aad: bytes
+    count: int
+    _aead: AESGCM
+    _prefix: bytes
+
+    def seal(self, i: int, chunk) -> bytes:
+        return self._aead.encrypt(_nonce(self._prefix, i, i == self.count - 1), chunk, self.aad)
+
+
+def sealer(size: int, recipients: list, name: str, segment_size: int = SEGMENT_SIZE) -> Sealer:
+    """The envelope of ``size`` plaintext bytes named ``name`` for ``recipients``: a fresh data key, salt and nonce
+    prefix."""
     if not recipients:
         raise SecureError("no recipient: give --recipient PUBLIC_KEY (or --passphrase)")
     if not 1 <= segment_size <= 1 << 30:
@@ -142,13 +159,15 @@ def seal_segments(read, size: int, recipients: list, name: str, segment_size: in
     header = {"version": VERSION, "segment_size": segment_size, "name": name, "size": size,
               "salt": _b64(salt), "nonce_prefix": _b64(prefix), "recipients": [wrap(data_key, r) for r in recipients]}
     body = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    aad = MAGIC + struct.pack(">I", len(body)) + body
-    aead = AESGCM(_hkdf(data_key, salt, b"lmforge envelope v1 segments"))
-    yield aad
+    return Sealer(MAGIC + struct.pack(">I", len(body)) + body, segment_count(size, segment_size),
+                  AESGCM(_hkdf(data_key, salt, b"lmforge envelope v1 segments")), prefix)
+
+
+def segment_sizes(size: int, segment_size: int) -> Iterator[int]:
+    """The plaintext size of each segment of a ``size``-byte file, in order."""
     count = segment_count(size, segment_size)
     for i in range(count):
-        chunk = read(segment_size if i < count - 1 else size - segment_size * (count - 1))
-        yield aead.encrypt(_nonce(prefix, i, i == count - 1), chunk, aad)
+        yield segment_size if i < count - 1 else size - segment_size * (count - 1)
 
 
 def encrypt_file(source: str | Path, output: str | Path, recipients: list, name: str,
@@ -164,15 +183,13 @@ def encrypt_file(source: str | Path, output: str | Path, recipients: list, name:
             raise SecureError(f"{source}: changed while it was encrypted")
         return chunk
 
-    with open(source, "rb") as src:
-        sealed = seal_segments(read, size, recipients, name, segment_size)
-        first = next(sealed)  # recipients and segment size checked before the output is opened
-        with atomic_open(output, "wb") as out:
-            out.write(first)
-            for piece in sealed:
-                out.write(piece)
-            if src.read(1):
-                raise SecureError(f"{source}: changed while it was encrypted")
+    envelope = sealer(size, recipients, name, segment_size)  # recipients and segment size checked first
+    with open(source, "rb") as src, atomic_open(output, "wb") as out:
+        out.write(envelope.aad)
+        for i, n in enumerate(segment_sizes(size, segment_size)):
+            out.write(envelope.seal(i, read(n)))
+        if src.read(1):
+            raise SecureError(f"{source}: changed while it was encrypted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,43 +239,101 @@ def read_header(path: str | Path) -> Header:
         return _read_header(f, Path(path))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Opened:
+    """An envelope whose data key one of the recipients' stanzas gave: what opening each segment needs."""
+    path: Path
+    header: Header
+    key: bytes = dataclasses.field(repr=False)  # the segments' key
+    prefix: bytes
+    count: int
+
+    def _failed(self, i: int) -> SecureError:
+        return SecureError(f"{self.path}: segment {i} fails authentication (tampered, reordered or from another "
+                           "file)")
+
+    def open(self, i: int, sealed: bytes) -> bytes:
+        """Segment ``i``'s plaintext, once its tag checked."""
+        try:
+            return AESGCM(self.key).decrypt(_nonce(self.prefix, i, i == self.count - 1), sealed, self.header.aad)
+        except InvalidTag:
+            raise self._failed(i) from None
+
+    def open_into(self, i: int, sealed: bytes, out: memoryview) -> None:
+        """Segment ``i``'s plaintext written into ``out`` (its size), then its tag checked: on failure ``out`` holds
+        unauthenticated bytes, and the caller drops it. Into place: a fresh copy costs as much as decrypting."""
+        decryptor = Cipher(algorithms.AES(self.key), modes.GCM(_nonce(self.prefix, i, i == self.count - 1))).decryptor()
+        decryptor.authenticate_additional_data(self.header.aad)
+        if len(out):
+            decryptor.update_into(memoryview(sealed)[:-TAG], out)
+        try:
+            decryptor.finalize_with_tag(sealed[-TAG:])
+        except InvalidTag:
+            raise self._failed(i) from None
+
+
+def _open(f, path: Path, identity) -> _Opened:
+    header = _read_header(f, path)
+    fields = header.fields
+    data_key = next((k for s in fields["recipients"] if isinstance(s, dict)
+                     and (k := _unwrap(s, identity)) is not None), None)
+    if data_key is None or len(data_key) != 32:
+        what = "passphrase" if isinstance(identity, Passphrase) else "key"
+        raise SecureError(f"{path}: the {what} given is not one this file was encrypted for (wrong {what})")
+    return _Opened(path, header, _hkdf(data_key, _unb64(fields["salt"]), b"lmforge envelope v1 segments"),
+                   _unb64(fields["nonce_prefix"]), segment_count(fields["size"], fields["segment_size"]))
+
+
+def _sealed_segments(f, opened: _Opened) -> Iterator[tuple[int, bytes]]:
+    """Each segment's sealed bytes as read, checking lengths: a truncation, or bytes after the last segment, fail."""
+    for i, want in enumerate(segment_sizes(opened.header.size, opened.header.fields["segment_size"])):
+        sealed = f.read(want + TAG)
+        if len(sealed) != want + TAG:
+            raise SecureError(f"{opened.path}: truncated (segment {i} of {opened.count} is cut short)")
+        if i == opened.count - 1 and f.read(1):
+            raise SecureError(f"{opened.path}: bytes after the last segment (tampered)")
+        yield i, sealed
+
+
 def decrypt_segments(path: str | Path, identity) -> Iterator[bytes]:
     """The plaintext of envelope ``path``, segment by segment, each yielded only after its tag checked; the last
     one checks that nothing follows. ``identity``: a private key or a Passphrase."""
     path = Path(path)
     with open(path, "rb") as f:
-        header = _read_header(f, path)
-        fields = header.fields
-        data_key = next((k for s in fields["recipients"] if isinstance(s, dict)
-                         and (k := _unwrap(s, identity)) is not None), None)
-        if data_key is None or len(data_key) != 32:
-            what = "passphrase" if isinstance(identity, Passphrase) else "key"
-            raise SecureError(f"{path}: the {what} given is not one this file was encrypted for (wrong {what})")
-        aead = AESGCM(_hkdf(data_key, _unb64(fields["salt"]), b"lmforge envelope v1 segments"))
-        prefix, size, segment = _unb64(fields["nonce_prefix"]), fields["size"], fields["segment_size"]
-        count = segment_count(size, segment)
-        for i in range(count):
-            want = segment if i < count - 1 else size - segment * (count - 1)
-            sealed = f.read(want + TAG)
-            if len(sealed) != want + TAG:
-                raise SecureError(f"{path}: truncated (segment {i} of {count} is cut short)")
-            try:
-                plain = aead.decrypt(_nonce(prefix, i, i == count - 1), sealed, header.aad)
-            except InvalidTag:
-                raise SecureError(f"{path}: segment {i} fails authentication (tampered, reordered or from "
-                                  "another file)") from None
-            if i == count - 1 and f.read(1):
-                raise SecureError(f"{path}: bytes after the last segment (tampered)")
-            yield plain
+        opened = _open(f, path, identity)
+        for i, sealed in _sealed_segments(f, opened):
+            yield opened.open(i, sealed)
 
 
-def decrypt_bytes(path: str | Path, identity) -> bytes:
-    """The whole plaintext of ``path`` in memory, every segment authenticated first (nothing is returned, or
-    written, from a file that fails)."""
-    out = bytearray()
-    for plain in decrypt_segments(path, identity):
-        out += plain
-    return bytes(out)
+def decrypt_bytes(path: str | Path, identity, threads: int = 2) -> bytearray | mmap.mmap:
+    """The whole plaintext of ``path`` in memory (one writable buffer of its size, filled in place: tensors can view
+    it; a bytearray up to SMALL_FILE bytes, else anonymous memory),
+    every segment authenticated first (nothing is returned from a file that fails); segments are opened on
+    ``threads`` threads (AES-GCM releases the GIL)."""
+    path = Path(path)
+    with open(path, "rb") as f, ThreadPoolExecutor(threads) as pool:
+        opened = _open(f, path, identity)
+        size, step = opened.header.size, opened.header.fields["segment_size"]
+        expected = len(opened.header.aad) + size + opened.count * TAG
+        if path.stat().st_size != expected:  # before the buffer is made: a header's size alone is not trusted
+            raise SecureError(f"{path}: {path.stat().st_size:,} bytes where its header describes {expected:,} "
+                              "(truncated or tampered)")
+        # a large buffer as anonymous memory: its pages are first touched by the threads decrypting into them
+        # (a bytearray is zeroed first, one more pass over the whole file)
+        out = bytearray(size) if size <= SMALL_FILE else mmap.mmap(-1, size)
+        view = memoryview(out)
+
+        def fill(i: int, sealed: bytes) -> None:
+            opened.open_into(i, sealed, view[i * step:i * step + len(sealed) - TAG])
+
+        pending: collections.deque = collections.deque()
+        for i, sealed in _sealed_segments(f, opened):
+            pending.append(pool.submit(fill, i, sealed))
+            while len(pending) > 2 * threads:
+                pending.popleft().result()
+        for job in pending:
+            job.result()  # the first segment that fails, in order
+    return out
 
 
 def decrypt_file(path: str | Path, output: str | Path, identity) -> str:

@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 from lmforge.errors import SecureError
-from lmforge.secure.envelope import Passphrase, decrypt_bytes, decrypt_segments, is_envelope
+from lmforge.secure.envelope import SMALL_FILE, Passphrase, decrypt_bytes, decrypt_segments, is_envelope
 from lmforge.secure.keys import ENCRYPTION_KINDS, SIGNING_KINDS, load_private, load_public
 from lmforge.secure.signing import verify
 
 PASSPHRASE_ENV = "LMFORGE_KEY_PASSPHRASE"
-CACHED_BYTES = 16 << 20  # plaintexts up to this size are decrypted once per process (state, metadata)
 
 
 class Gate:
@@ -38,14 +37,15 @@ class Gate:
 
     def plaintext(self, file: str | Path) -> bytes | None:
         """The plaintext of an encrypted ``file``, None when it is not encrypted. Small files (a checkpoint's
-        state) are kept for the next ask; weights are decrypted when asked for and not kept."""
+        state: up to envelope.SMALL_FILE bytes) are kept for the next ask; weights are decrypted when asked for and
+        not kept."""
         file = Path(file).absolute()
         if file in self._plain:
             return self._plain[file]
         if not self._encrypted(file):
             return None
         plain = decrypt_bytes(file, self.identity)
-        if len(plain) <= CACHED_BYTES:
+        if len(plain) <= SMALL_FILE:
             self._plain[file] = plain
         return plain
 

@@ -1,27 +1,34 @@
 """Saving protected, without plaintext on disk and without a second read: a ``Seal`` (the recipients to encrypt
-for, the EC P-256 key to sign with) writes each file of a checkpoint or export straight from memory, an envelope
-(``envelope.seal_segments``) when there are recipients, and hashes on the way both the plaintext (for a
-checkpoint's integrity manifest) and the bytes it writes (for the signature). ``Seal.sign`` then writes the
-OpenSSF model-signing signature from those digests: the same bundle ``model_signing`` would write after hashing the
-files again (its own verifier checks it), without reading them back.
+for, the EC P-256 key to sign with) writes each file of a checkpoint or export straight from memory (the pieces of
+``checkpoint.formats.safetensors_pieces``: a header, then each tensor's own memory), an envelope
+(``envelope.sealer``) when there are recipients, and hashes on the way both the plaintext (for a checkpoint's
+integrity manifest) and the bytes it writes (for the signature). ``Seal.sign`` then writes the OpenSSF
+model-signing signature from those digests: the same bundle ``model_signing`` would write after hashing the files
+again (its own verifier checks it), without reading them back.
 
-Hashing runs on two worker threads (``hashlib`` releases the GIL on large buffers) while the main thread encrypts
-and writes, so a save costs about what a plain save that hashes its files costs.
+Segments are sealed on worker threads and both hashes run on their own (AES-GCM and ``hashlib`` release the GIL
+on large buffers) while the main thread writes in order, so a save costs about what a plain save that hashes its
+files costs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from lmforge.core.atomic import atomic_open, atomic_write_with
 from lmforge.errors import SecureError
-from lmforge.secure.envelope import SEGMENT_SIZE, seal_segments
+from lmforge.secure.envelope import SEGMENT_SIZE, sealer, segment_sizes
 from lmforge.secure.keys import SIGNING_KINDS, load_private
 from lmforge.secure.signing import signature_path
+
+IN_FLIGHT = 8  # segments being sealed, and sealed segments written but not yet hashed, at most (each kind)
+SEAL_THREADS = 2  # AES-GCM releases the GIL: segments are sealed on this many threads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,32 +50,48 @@ class Seal:
     def encrypts(self) -> bool:
         return bool(self.recipients)
 
-    def write(self, out: BinaryIO, data: bytes, name: str) -> tuple[str, str]:
-        """Write ``data`` into the open file ``out`` (an envelope naming ``name`` when encrypting); returns the
+    def write(self, out: BinaryIO, pieces: list, name: str) -> tuple[str, str]:
+        """Write the concatenation of ``pieces`` (bytes-like, e.g. a serialized header then each tensor's memory,
+        never joined whole) into the open file ``out``, an envelope naming ``name`` when encrypting; returns the
         SHA-256 (hex) of the plaintext and of the bytes written. The caller makes the file appear atomically."""
-        with ThreadPoolExecutor(1) as plain_pool, ThreadPoolExecutor(1) as written_pool:
-            plain: Future = plain_pool.submit(lambda: hashlib.sha256(data).hexdigest())
+        pieces = [memoryview(p).cast("B") for p in pieces]
+        with ThreadPoolExecutor(1) as plain_pool, ThreadPoolExecutor(1) as written_pool, \
+                ThreadPoolExecutor(SEAL_THREADS) as seal_pool:
+            plain_hash = hashlib.sha256()
+            plain = [plain_pool.submit(plain_hash.update, p) for p in pieces]  # in order: one worker
             if not self.encrypts:
-                out.write(data)
-                digest = plain.result()
-                return digest, digest
-            written = hashlib.sha256()
-            view, offset = memoryview(data), 0
+                for p in pieces:
+                    out.write(p)
+                for f in plain:
+                    f.result()
+                return plain_hash.hexdigest(), plain_hash.hexdigest()
+            size = sum(len(p) for p in pieces)
+            envelope = sealer(size, list(self.recipients), name, self.segment_size)
+            written = hashlib.sha256(envelope.aad)
+            out.write(envelope.aad)
+            sealed: deque[Future] = deque()
+            hashed: deque[Future] = deque()
 
-            def read(n: int) -> memoryview:
-                nonlocal offset
-                offset += n
-                return view[offset - n:offset]
+            def drain(keep: int) -> None:  # write the oldest sealed segments, in order, and hash them
+                while len(sealed) > keep:
+                    piece = sealed.popleft().result()
+                    hashed.append(written_pool.submit(written.update, piece))
+                    out.write(piece)
+                    while len(hashed) > IN_FLIGHT:
+                        hashed.popleft().result()
 
-            for piece in seal_segments(read, len(data), list(self.recipients), name, self.segment_size):
-                written_pool.submit(written.update, piece)  # one worker: the pieces are hashed in order
-                out.write(piece)
-            return plain.result(), written_pool.submit(written.hexdigest).result()
+            for i, chunk in enumerate(_segments(pieces, self.segment_size, size)):
+                sealed.append(seal_pool.submit(envelope.seal, i, chunk))
+                drain(IN_FLIGHT)
+            drain(0)
+            for f in [*hashed, *plain]:
+                f.result()
+            return plain_hash.hexdigest(), written.hexdigest()
 
-    def write_file(self, path: str | Path, data: bytes, name: str | None = None) -> tuple[str, str]:
+    def write_file(self, path: str | Path, pieces: list, name: str | None = None) -> tuple[str, str]:
         """``write`` into a new file ``path``, which appears only once complete."""
         with atomic_open(path, "wb") as out:
-            return self.write(out, data, Path(path).name if name is None else name)
+            return self.write(out, pieces, Path(path).name if name is None else name)
 
     def sign(self, path: str | Path, written: dict[str, str]) -> Path | None:
         """Sign the file or folder ``path`` from ``written`` (each file's name relative to the folder, or "."
@@ -90,6 +113,21 @@ class Seal:
         signature = signature_path(path)
         atomic_write_with(signature, lambda tmp: config.sign(path, tmp))
         return signature
+
+
+def _segments(pieces: list[memoryview], segment_size: int, size: int) -> Iterator:
+    """The plaintext of each segment, in order, from consecutive ``pieces``: a view into a piece where the segment
+    lies in one, else its parts joined (one segment's copy)."""
+    index, offset = 0, 0
+    for want in segment_sizes(size, segment_size):
+        parts = []
+        while want:
+            while offset == len(pieces[index]):
+                index, offset = index + 1, 0
+            take = min(want, len(pieces[index]) - offset)
+            parts.append(pieces[index][offset:offset + take])
+            offset, want = offset + take, want - take
+        yield parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
 
 
 class _Hashed:

@@ -4,15 +4,18 @@ digests taken while writing, checked against ``model_signing``'s own hashing and
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 
 import pytest
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load, save
 
 from lmforge.checkpoint.export import write_exported
-from lmforge.checkpoint.formats import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, save_checkpoint
+from lmforge.checkpoint.formats import (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, safetensors_pieces, save_checkpoint,
+                                        tensors_in)
 from lmforge.checkpoint.load import load_model
 from lmforge.errors import CheckpointError, SecureError
 from lmforge.model.config import SIZES, ModelDims
@@ -21,6 +24,7 @@ from lmforge.model.fused_layout import model_views
 from lmforge.secure.envelope import decrypt_bytes, is_envelope
 from lmforge.secure.gate import gate_for
 from lmforge.secure.keys import keygen, load_private, load_public
+from lmforge.secure.protect import decrypt_path
 from lmforge.secure.seal import Seal
 from lmforge.secure.signing import sign, signature_path, verify
 
@@ -70,10 +74,11 @@ def test_sealed_checkpoint_is_encrypted_signed_and_loads_as_the_plain_one(tmp_pa
     assert sorted(p.name for p in sealed.iterdir()) == sorted([MODEL_FILE, OPTIMIZER_FILE, STATE_FILE])
     assert all(is_envelope(p) for p in sealed.iterdir())  # no plaintext file on disk
     identity = load_private(keys["enc_private"])
-    for name in (MODEL_FILE, OPTIMIZER_FILE):  # the plaintext is what a plain save writes
-        assert decrypt_bytes(sealed / name, identity) == (tmp_path / "plain" / name).read_bytes()
-    manifest = json.loads(decrypt_bytes(sealed / STATE_FILE, identity))["files"]
-    assert manifest == json.loads((tmp_path / "plain" / STATE_FILE).read_text())["files"]
+    for name in (MODEL_FILE, OPTIMIZER_FILE):  # the plaintext holds what a plain save writes
+        assert _parsed(decrypt_bytes(sealed / name, identity)) == _parsed((tmp_path / "plain" / name).read_bytes())
+    manifest = json.loads(decrypt_bytes(sealed / STATE_FILE, identity))["files"]  # the plaintexts' digests
+    assert manifest == {name: hashlib.sha256(decrypt_bytes(sealed / name, identity)).hexdigest()
+                        for name in (MODEL_FILE, OPTIMIZER_FILE)}
 
     # the signature is model_signing's over the files as they lie on disk: its own hashing and verifier agree
     verify(sealed, keys["sign_public"])
@@ -86,6 +91,9 @@ def test_sealed_checkpoint_is_encrypted_signed_and_loads_as_the_plain_one(tmp_pa
     plain = _weights(load_model(tmp_path / "plain"))
     loaded = _weights(load_model(sealed, access=gate_for(keys["enc_private"], keys["sign_public"])))
     assert plain.keys() == loaded.keys() and all(torch.equal(plain[k], loaded[k]) for k in plain)
+    decrypt_path(sealed, tmp_path / "decrypted", identity)  # a plain checkpoint whose manifest checks
+    decrypted = _weights(load_model(tmp_path / "decrypted"))
+    assert all(torch.equal(plain[k], decrypted[k]) for k in plain)
 
 
 def test_a_changed_sealed_checkpoint_is_refused_before_parsing(tmp_path, keys, trained):
@@ -142,7 +150,7 @@ def test_a_seal_needs_something_to_do_and_a_signing_key(tmp_path, keys):
 def test_gate_head_decrypts_only_the_leading_segments(tmp_path, keys):
     data = bytes(range(256)) * 40  # 10,240 bytes in 10 segments of 1,024
     seal = Seal((load_public(keys["enc_public"]),), segment_size=1024)
-    seal.write_file(tmp_path / "f.enc", data)
+    seal.write_file(tmp_path / "f.enc", [data[:1500], b"", data[1500:3000], data[3000:]])  # segments straddle pieces
     sealed = bytearray((tmp_path / "f.enc").read_bytes())
     sealed[-3] ^= 1  # the last segment's tag
     (tmp_path / "f.enc").write_bytes(bytes(sealed))
@@ -152,3 +160,66 @@ def test_gate_head_decrypts_only_the_leading_segments(tmp_path, keys):
         gate.plaintext(tmp_path / "f.enc")
     (tmp_path / "plain.bin").write_bytes(data)
     assert gate.head(tmp_path / "plain.bin", 10) is None and gate.plaintext(tmp_path / "plain.bin") is None
+
+
+@pytest.mark.parametrize("sizes", [[0], [5], [1024], [1023, 1], [1, 2047, 0, 3000], [0, 0, 4096]])
+def test_pieces_are_sealed_as_their_concatenation(tmp_path, keys, sizes):
+    data = bytes((7 * i) % 251 for i in range(sum(sizes)))
+    pieces, at = [], 0
+    for n in sizes:
+        pieces.append(data[at:at + n])
+        at += n
+    seal = Seal((load_public(keys["enc_public"]),), segment_size=1024)
+    plain, written = seal.write_file(tmp_path / "f.enc", pieces)
+    assert decrypt_bytes(tmp_path / "f.enc", load_private(keys["enc_private"])) == data
+    assert plain == hashlib.sha256(data).hexdigest()
+    assert written == hashlib.sha256((tmp_path / "f.enc").read_bytes()).hexdigest()
+
+
+def test_safetensors_pieces_are_a_file_safetensors_reads():
+    tensors = {"w": torch.randn(3, 5), "half": torch.randn(4).to(torch.bfloat16), "flags": torch.tensor([True, False]),
+               "step": torch.tensor(7), "empty": torch.zeros(0, 3), "ids": torch.arange(6, dtype=torch.int64).view(2, 3),
+               "strided": torch.randn(4, 6)[:, ::2]}
+    data = b"".join(bytes(p) for p in safetensors_pieces(tensors, {"k": "v"}))
+    for loaded in (load(data), tensors_in(bytearray(data), "x")):  # safetensors' reader, and lmforge's views
+        assert loaded.keys() == tensors.keys()
+        assert all(loaded[k].dtype == t.dtype and torch.equal(loaded[k], t) for k, t in tensors.items())
+    assert _metadata(data) == {"k": "v"} and int.from_bytes(data[:8], "little") % 8 == 0
+    buffer = bytearray(save({"a": torch.arange(3.0)}))
+    a = tensors_in(buffer, "x")["a"]
+    buffer[-4:] = torch.tensor([9.0]).numpy().tobytes()
+    assert a.tolist() == [0.0, 1.0, 9.0]  # a view of the buffer, not a copy
+
+
+def _safetensors(header: dict, data: bytes) -> bytearray:
+    text = json.dumps(header).encode()
+    return bytearray(len(text).to_bytes(8, "little") + text + data)
+
+
+@pytest.mark.parametrize("buffer", [
+    bytearray(b"\x01"),  # shorter than the size field
+    bytearray((1 << 40).to_bytes(8, "little") + b"{}"),  # a header past the end
+    bytearray((2).to_bytes(8, "little") + b"[]"),  # not an object
+    _safetensors({"a": {"dtype": "F33", "shape": [1], "data_offsets": [0, 4]}}, bytes(4)),
+    _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, bytes(4)),  # shape and range
+    _safetensors({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, bytes(4)),
+    _safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                  "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(8)),  # overlapping
+    _safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)),  # a gap
+    _safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, bytes(5)),  # trailing bytes
+    _safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(4)),  # past the end
+])
+def test_tensors_in_refuses_what_safetensors_refuses(buffer):
+    with pytest.raises(SafetensorError):
+        load(bytes(buffer))
+    with pytest.raises(CheckpointError, match="^checkpoint f: not a safetensors file"):
+        tensors_in(buffer, "f")
+
+
+def _metadata(data: bytes) -> dict | None:
+    return json.loads(data[8:8 + int.from_bytes(data[:8], "little")]).get("__metadata__")
+
+
+def _parsed(data: bytes):
+    """Safetensors bytes' metadata and tensors (the byte layout may differ: tensor order, metadata order)."""
+    return _metadata(data), {k: (t.dtype, t.tolist()) for k, t in load(bytes(data)).items()}
