@@ -188,10 +188,10 @@ STEP = "train/checkpoints/step_00000010"
 ])
 def test_bad_input_is_one_line_and_writes_nothing(attacked, args, line):
     root = attacked["lm"]
-    long = len(load_model(pick(RunDir(root))).tokenizer.encode(LONG_TEXT, add_special_tokens=False).ids)
+    tokenizer = load_model(pick(RunDir(root))).tokenizer
+    long, target = (len(tokenizer.encode(t, add_special_tokens=False).ids) for t in (LONG_TEXT, "import os"))
     before = snapshot(root)
     code, _, err = run_cli("attack", "--run-dir", str(root), *args)
-    target = len(load_model(pick(RunDir(root))).tokenizer.encode("import os", add_special_tokens=False).ids)
     assert_error_line(code, err, line.format(root=root, long=long, target=target))
     assert snapshot(root) == before
 

@@ -190,10 +190,10 @@ def tensors_in(buffer: bytearray, where) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def read_state(path: Path, verify: bool = True, plaintext=None) -> dict:
-    """Read ``state.json`` and (by default) check every tensor file against its recorded hash. ``plaintext``
-    (file -> bytes), for an encrypted folder: every file read through it (decrypted in memory), its hash that of
-    the plaintext."""
+def read_state(path: Path, verify: bool = True, plaintext=None, hash_of=None) -> dict:
+    """Read ``state.json`` and (by default) check every tensor file against its recorded hash. For an encrypted
+    folder: ``plaintext`` (file -> bytes) reads the state, ``hash_of`` (file -> hex SHA-256) hashes each file's
+    plaintext."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path}: no such checkpoint folder")
@@ -210,7 +210,7 @@ def read_state(path: Path, verify: bool = True, plaintext=None) -> dict:
             file = path / name
             if not file.is_file():
                 raise CheckpointError(f"checkpoint {file}: file is missing")
-            actual = sha256_file(file) if plaintext is None else hashlib.sha256(plaintext(file)).hexdigest()
+            actual = sha256_file(file) if hash_of is None else hash_of(file)
             if actual != digest:
                 raise CheckpointError(f"checkpoint {file}: corrupt or truncated (SHA-256 does not match state.json)")
         extra = sorted(p.name for p in path.iterdir() if p.name not in files and p.name != STATE_FILE)

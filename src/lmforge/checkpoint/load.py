@@ -47,7 +47,8 @@ LABELS = "lmforge.labels"  # a classifier's exported metadata: its labels in the
 
 # How checkpoints are opened: None (plain files only), or an object with ``check(path)`` (a signature, where one is
 # asked for), ``verified(path) -> bool`` (whether it was), ``plaintext(file) -> bytes | None`` (an encrypted file's,
-# None for a plain one) and ``head(file, size)`` (its first bytes only): lmforge.secure's Gate
+# None for a plain one), ``head(file, size)`` (its first bytes only) and ``digest(file)`` (its plaintext's SHA-256):
+# lmforge.secure's Gate
 ACCESS: contextvars.ContextVar = contextvars.ContextVar("lmforge_checkpoint_access", default=None)
 
 
@@ -92,13 +93,17 @@ def _state(path: Path, verify: bool) -> dict:
     if not path.is_dir() or _plaintext(path / STATE_FILE) is None:
         return read_state(path, verify=verify)
 
-    def encrypted(file: Path) -> bytes:
-        plain = _plaintext(file)
-        if plain is None:
-            raise CheckpointError(f"checkpoint {file}: not encrypted, unlike its folder's {STATE_FILE}")
-        return plain
+    def encrypted(read):
+        def checked(file: Path):
+            got = read(file) if file.is_file() else None
+            if got is None:
+                raise CheckpointError(f"checkpoint {file}: not encrypted, unlike its folder's {STATE_FILE}")
+            return got
+        return checked
 
-    return read_state(path, verify=verify, plaintext=encrypted)
+    # each file's digest from its plaintext streamed (not kept: the weights are decrypted again to be loaded)
+    return read_state(path, verify=verify, plaintext=encrypted(access.plaintext),
+                      hash_of=encrypted(access.digest))
 
 
 @dataclasses.dataclass

@@ -6,6 +6,7 @@ a plain file. Plaintext never touches disk here.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -65,6 +66,19 @@ class Gate:
                 break
         segments.close()
         return bytes(out[:size])
+
+    def digest(self, file: str | Path) -> str | None:
+        """The SHA-256 (hex) of an encrypted ``file``'s plaintext, decrypted segment by segment and not kept; None
+        when it is not encrypted."""
+        file = Path(file).absolute()
+        if file in self._plain:
+            return hashlib.sha256(self._plain[file]).hexdigest()
+        if not self._encrypted(file):
+            return None
+        sha = hashlib.sha256()
+        for plain in decrypt_segments(file, self.identity):
+            sha.update(plain)
+        return sha.hexdigest()
 
     def _encrypted(self, file: Path) -> bool:
         if not is_envelope(file):

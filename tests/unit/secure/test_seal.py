@@ -120,6 +120,10 @@ def test_encrypted_without_signature_still_checks_its_manifest(tmp_path, keys, t
     (tmp_path / "a" / STATE_FILE).write_bytes((tmp_path / "b" / STATE_FILE).read_bytes())
     with pytest.raises(CheckpointError, match="unexpected file optimizer.safetensors"):
         load_model(tmp_path / "a", access=gate_for(keys["enc_private"]))
+    save_checkpoint(tmp_path / "c", Decoder(DIMS), None, state, seal=seal)  # other weights
+    (tmp_path / "b" / MODEL_FILE).write_bytes((tmp_path / "c" / MODEL_FILE).read_bytes())
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt or truncated .SHA-256 does not match"):
+        load_model(tmp_path / "b", access=gate_for(keys["enc_private"]))
 
 
 def test_signed_only_export_and_sealed_export(tmp_path, keys, trained):
