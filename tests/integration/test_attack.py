@@ -182,17 +182,20 @@ STEP = "train/checkpoints/step_00000010"
     (["--set", "attack.context_tokens=120", "--set", "attack.attacks=[{name: gcg, target: import os}]"],
      "error: attack.attacks[0] gcg: a context, the suffix and the target 'import os' are 120 + 5 + {target} tokens, "
      "longer than the model's context of 128 tokens"),
+    (["--set", "attack.protected_ids=[999999]"],
+     "error: attack.protected_ids: 999999 is not a token of the model's vocabulary of {vocab}"),
     (["--set", "attack.context_tokens=200"],
      "error: attack: context_tokens + continuation_tokens = 208 tokens, longer than the model's context of 128 "
      "tokens"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(attacked, args, line):
     root = attacked["lm"]
-    tokenizer = load_model(pick(RunDir(root))).tokenizer
-    long, target = (len(tokenizer.encode(t, add_special_tokens=False).ids) for t in (LONG_TEXT, "import os"))
+    loaded = load_model(pick(RunDir(root)))
+    long, target = (len(loaded.tokenizer.encode(t, add_special_tokens=False).ids) for t in (LONG_TEXT, "import os"))
     before = snapshot(root)
     code, _, err = run_cli("attack", "--run-dir", str(root), *args)
-    assert_error_line(code, err, line.format(root=root, long=long, target=target))
+    vocab = loaded.model.dims.vocab_size
+    assert_error_line(code, err, line.format(root=root, long=long, target=target, vocab=vocab))
     assert snapshot(root) == before
 
 
