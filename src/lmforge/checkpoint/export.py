@@ -53,15 +53,15 @@ def export_checkpoint(checkpoint: Path, output: Path, seal=None) -> dict:
     weights, state = consolidated_weights(checkpoint)
     write_exported(output, weights, model_dims(checkpoint, state).to_dict(), state["step"],
                    state["resume_key"].get("seq_len"), state.get("format", "safetensors"),
-                   checkpoint_labels(checkpoint), seal)
+                   checkpoint_labels(checkpoint), seal, state["resume_key"].get("adversarial"))
     return {"output": str(output), "tensors": len(weights), "parameters": sum(t.numel() for t in weights.values()),
             "step": state["step"], "source_format": state.get("format", "safetensors")}
 
 
 def exported_metadata(model: dict, step: int, seq_len: int | None, source_format: str,
-                      labels: list[str] | None = None) -> dict[str, str]:
+                      labels: list[str] | None = None, adversarial: dict | None = None) -> dict[str, str]:
     """The safetensors metadata of an exported file: what ``checkpoint.load`` reads the model from."""
-    from lmforge.checkpoint.load import LABELS
+    from lmforge.checkpoint.load import ADVERSARIAL, LABELS
 
     metadata = {"format": "pt", "lmforge.layout": "canonical", "lmforge.model": json.dumps(model),
                 "lmforge.step": str(step), "lmforge.source_format": source_format}
@@ -69,11 +69,13 @@ def exported_metadata(model: dict, step: int, seq_len: int | None, source_format
         metadata["lmforge.seq_len"] = str(seq_len)
     if labels is not None:  # a classifier
         metadata[LABELS] = json.dumps(list(labels))
+    if adversarial is not None:  # how it was trained adversarially (the robustness report shows it)
+        metadata[ADVERSARIAL] = json.dumps(adversarial)
     return metadata
 
 
 def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len: int | None, source_format: str,
-                   labels: list[str] | None = None, seal=None) -> None:
+                   labels: list[str] | None = None, seal=None, adversarial: dict | None = None) -> None:
     """One safetensors file of canonical ``weights`` with the metadata every stage's loader reads (a
     classifier's: its ``labels``, its head ``lm_head.weight`` of one row per label), atomically. With ``seal``
     (``lmforge.secure.seal.Seal``): serialized in memory and written encrypted (no plaintext on disk) and/or
@@ -85,7 +87,7 @@ def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len:
     from lmforge.core.atomic import atomic_write_with
     from lmforge.errors import LmforgeError
 
-    metadata = exported_metadata(model, step, seq_len, source_format, labels)
+    metadata = exported_metadata(model, step, seq_len, source_format, labels, adversarial)
     try:
         if seal is None:
             atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))

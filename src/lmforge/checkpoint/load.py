@@ -43,6 +43,7 @@ from lmforge.model.quantized import quantized_decoder
 from lmforge.rundir import RunDir
 
 CHOICES = ("latest", "best", "selected", "finetuned", "merged")
+ADVERSARIAL = "lmforge.adversarial"  # an exported file's: the adversarial training it had (train.AdversarialSettings, JSON)
 LABELS = "lmforge.labels"  # a classifier's exported metadata: its labels in the order of its head's rows (JSON list)
 
 # How checkpoints are opened: None (plain files only), or an object with ``check(path)`` (a signature, where one is
@@ -137,6 +138,12 @@ class LoadedModel:
     def seq_len(self) -> int:
         """The sequence length it was trained with."""
         return self.state["resume_key"]["seq_len"]
+
+    @property
+    def adversarial(self) -> dict | None:
+        """The adversarial training its last training run had (``train.adversarial`` / ``finetune.adversarial``
+        settings); None: trained without."""
+        return self.state["resume_key"].get("adversarial")
 
 
 def pick(run: RunDir, choice: str | Path | None = None) -> Path:
@@ -389,6 +396,8 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
     seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
     state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
              "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
+    if ADVERSARIAL in meta:  # trained adversarially: as a checkpoint's resume key records it
+        state["resume_key"]["adversarial"] = json.loads(meta[ADVERSARIAL])
     if "lmforge.quantization" in meta:
         state["quantization"] = json.loads(meta["lmforge.quantization"])
     elif labels is not None:

@@ -43,6 +43,25 @@ class MuonSettings(StrictModel):
         default="match_rms_adamw", description="match_rms_adamw: the matrices reuse train.lr tuned for AdamW")
 
 
+class AdversarialSettings(StrictModel):
+    """Adversarial training in embedding space (``train.adversarial``, ``finetune.adversarial``): each batch's
+    loss is taken at input embeddings perturbed, position by position, within a ball around the clean ones
+    (as ``lmforge attack``'s FGSM/PGD measure it: radius ``epsilon`` times the mean L2 norm of the embedding
+    table's rows; L-infinity: that radius spread evenly over the coordinates), found by ascent steps on the
+    same loss. pgd (Madry et al.): the model trains on the last ascent iterate; freelb (Zhu et al.): on the
+    mean over the ascent iterates. The clean loss joins with weight ``clean_weight``."""
+    method: Literal["pgd", "freelb"] = "pgd"
+    norm: Literal["linf", "l2"] = "linf"
+    epsilon: float = Field(default=0.1, gt=0, description="the radius, relative to the embedding norm")
+    steps: int = Field(default=3, ge=1, description="ascent steps per batch (each one more forward and backward)")
+    step_size: float | None = Field(default=None, gt=0, description="relative as epsilon; default 2.5 * epsilon "
+                                    "/ steps")
+    random_start: bool = Field(default=True, description="start at a uniform point of the ball (else at the "
+                               "clean input)")
+    clean_weight: float = Field(default=0.5, ge=0, lt=1, description="loss = clean_weight * clean loss + "
+                                "(1 - clean_weight) * adversarial loss")
+
+
 class TrainConfig(StrictModel):
     max_steps: int = Field(default=200, ge=1)
     batch_size: int = Field(default=16, ge=1, description="global batch: sequences per optimizer step")
@@ -84,6 +103,8 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1)
     max_nonfinite_in_row: int = Field(default=5, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    adversarial: AdversarialSettings | None = Field(default=None, description="adversarial training in "
+                                                   "embedding space (see AdversarialSettings); default: none")
 
     @model_validator(mode="after")
     def _check(self):

@@ -125,7 +125,12 @@ def train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool,
     (fine-tuning's mode and adapters): it joins the resume key, so a checkpoint resumes only under the same. ``on_eval(step, result)`` is called after every
     validation (hyperparameter search uses it to prune a trial by raising); ``eval_extra(step, model)`` runs
     before it in the main process and its figures join the validation record (``train.eval_tasks``). Memory
-    is released after."""
+    is released after. ``train.adversarial`` wraps ``loss_fn`` (``train.adversarial``); its settings join the resume key."""
+    if cfg.train.adversarial is not None:
+        from lmforge.train.adversarial import adversarial_loss
+
+        loss_fn = adversarial_loss(loss_fn, cfg.train.adversarial)
+        variant = (variant or {}) | {"adversarial": cfg.train.adversarial.model_dump(mode="json")}
     try:
         return _train(run, cfg, ctx, resume=resume, on_eval=on_eval, eval_extra=eval_extra, loss_fn=loss_fn,
                       init_from=init_from, trainable=trainable, adapt=adapt, batches=batches, variant=variant)

@@ -9,7 +9,7 @@ import json
 from lmforge.checkpoint.formats import read_state
 from lmforge.data.packing import TokenShards
 from lmforge.distributed.layout import Layout, resolve_layout
-from lmforge.errors import CheckpointError, TrainingError
+from lmforge.errors import CheckpointError, RecipeError, TrainingError
 from lmforge.model.config import ModelDims
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
@@ -28,8 +28,12 @@ def resume_key(cfg: RunConfig, dims: ModelDims, seq_len: int, data_digest: str, 
 def check_layout(cfg: RunConfig, world_size: int, dims: ModelDims, seq_len: int) -> Layout:
     """The recipe's ``parallel:`` degrees for ``world_size`` processes, checked against model and batch."""
     tc = cfg.train
-    return resolve_layout(cfg.parallel, world_size, dims=dims, batch_size=tc.batch_size, seq_len=seq_len,
-                          optimizer=tc.optimizer, precision=tc.precision)
+    layout = resolve_layout(cfg.parallel, world_size, dims=dims, batch_size=tc.batch_size, seq_len=seq_len,
+                            optimizer=tc.optimizer, precision=tc.precision)
+    if tc.adversarial is not None and layout.tp > 1:  # the embeddings' output is a DTensor there
+        raise RecipeError(f"adversarial training does not run under tensor parallelism (parallel.tp="
+                          f"{layout.tp}); use data parallelism or FSDP")
+    return layout
 
 
 def preflight(run: RunDir, cfg: RunConfig, world_size: int, *, resume: bool = False,
@@ -72,3 +76,6 @@ def check_resumable(path, saved: dict, expected: dict) -> None:
                 raise CheckpointError(f"cannot resume from {path}: it was trained with {', '.join(diff)}")
         elif got != want:
             raise CheckpointError(f"cannot resume from {path}: it was trained with {key}={got} (recipe: {want})")
+    extra = next((key for key in saved if key not in expected), None)  # a variant the recipe no longer has
+    if extra is not None:
+        raise CheckpointError(f"cannot resume from {path}: it was trained with {extra}={saved[extra]} (recipe: none)")

@@ -9,6 +9,7 @@ from pydantic import Field
 
 from lmforge.core.config import StrictModel
 from lmforge.data.config import SourceConfig
+from lmforge.train.config import AdversarialSettings
 
 FUSED_AND_OUTPUT_PROJECTIONS = ["qkv_proj", "out_proj", "gate_up_proj", "down_proj"]
 
@@ -62,3 +63,5 @@ class FinetuneConfig(StrictModel):
     max_steps: int = Field(default=100, ge=1)
     lr: float = Field(default=1e-3, gt=0, le=10)
     warmup_steps: int = Field(default=0, ge=0)
+    adversarial: AdversarialSettings | None = Field(default=None, description="adversarial training in embedding "
+                                                   "space, as train.adversarial; default: none")

@@ -101,7 +101,7 @@ def training_config(cfg: RunConfig, fc: FinetuneConfig, dims: ModelDims) -> RunC
     """A copy of the recipe for the loop: ``train:``'s optimizer, batch, schedule shape and cadence, with
     fine-tuning's steps, learning rate and warm-up, and the base's dimensions as ``model:``."""
     train = cfg.train.model_copy(update={"max_steps": fc.max_steps, "lr": fc.lr, "warmup_steps": fc.warmup_steps,
-                                         "eval_tasks": []})
+                                         "eval_tasks": [], "adversarial": fc.adversarial})
     return cfg.model_copy(update={"model": ModelConfig.describing(dims, dropout=cfg.model.dropout,
                                                                       init_std=cfg.model.init_std), "train": train})
 
@@ -266,6 +266,7 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
     result = train(ft_run, plan.cfg, ctx, resume=resume, init_from=plan.base, trainable=plan.trainable,
                    adapt=adapter_hook(fc, plan.batches), variant=variant(fc, plan.batches), **sft)
     summary = {"base": str(plan.base), "objective": fc.objective, "mode": fc.mode, **result,
+               "adversarial": None if fc.adversarial is None else fc.adversarial.model_dump(mode="json"),
                "trainable_parameters": plan.trainable_parameters,
                "trainable_share": plan.trainable_parameters / plan.parameters,
                "base_val_loss": _first_eval(ft_run), "final_val_loss": _last_eval(ft_run),
@@ -331,7 +332,7 @@ def write_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneConfig
         model = plain
     weights = {name: view.detach().contiguous().clone() for name, view in model_views(model, dims).items()}
     write_exported(ft_run.model_file, weights, dims.to_dict(), state["step"], state["resume_key"]["seq_len"],
-                   f"finetune-{fc.mode}", labels)
+                   f"finetune-{fc.mode}", labels, adversarial=state["resume_key"].get("adversarial"))
     out["model"] = str(ft_run.model_file.relative_to(ft_run.root))
     return out
 

@@ -93,3 +93,21 @@ def test_pick_latest_best_and_paths(debug_data_run, tmp_path):
         pick(run, "best")
     with pytest.raises(CheckpointError, match=r"^\S+checkpoints: no checkpoint; train first \(lmforge train\)$"):
         pick(SharedDataRunDir(tmp_path / "untrained", RunDir(debug_data_run)), "best")
+
+
+def test_adversarial_settings_join_the_resume_key(debug_data_run, tmp_path):
+    """train.adversarial trains (another loss than plain training's) and is recorded in every checkpoint: a run
+    resumes only under the same settings, and an exported model carries them."""
+    adv = ["train.adversarial.steps=2", "train.adversarial.epsilon=0.5"]
+    run, _, _ = _train(debug_data_run, tmp_path / "adv", adv)
+    plain, _, _ = _train(debug_data_run, tmp_path / "plain")
+    assert train_losses(run.root)[0][1] != train_losses(plain.root)[0][1]
+    loaded = load_model(pick(run))
+    assert loaded.adversarial == {"method": "pgd", "norm": "linf", "epsilon": 0.5, "steps": 2, "step_size": None,
+                                  "random_start": True, "clean_weight": 0.5}
+    assert load_model(export_checkpoint(pick(run), tmp_path / "m.safetensors")["output"]).adversarial == loaded.adversarial
+    assert load_model(pick(plain)).adversarial is None
+    cfg = load_recipe("debug", [*SHORT, "train.max_steps=4"])
+    refused = r"^cannot resume from \S+: it was trained with adversarial=\{.clean_weight.: 0.5, .*\} \(recipe: none\)$"
+    with pytest.raises(CheckpointError, match=refused):
+        train(SharedDataRunDir(tmp_path / "adv", RunDir(debug_data_run)), cfg, DistContext(), resume=True)
