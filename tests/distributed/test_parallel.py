@@ -42,6 +42,13 @@ TWO_PROCESS_MODES = {
     "fsdp_bf16_compile": (*FSDP, "train.precision=bf16", "train.compile=true"),  # bench/gpu_check.sh's path
     "tp_bf16_compile": (*TP, "train.precision=bf16", "train.compile=true"),
 }
+# adversarial training (train.adversarial) from the clean input: each rank's ascent on its own examples is the
+# single process's on the same examples; PGD under DDP with gradient accumulation, FreeLB under FSDP2
+ADVERSARIAL = ("train.adversarial.steps=2", "train.adversarial.epsilon=0.5", "train.adversarial.random_start=false")
+ADVERSARIAL_MODES = {
+    "ddp_pgd": (*ADVERSARIAL, "train.micro_batch_size=2"),
+    "fsdp_freelb": (*FSDP, *ADVERSARIAL, "train.adversarial.method=freelb"),
+}
 
 
 def copy_run(source, target, *, keep_through_step=None):
@@ -76,7 +83,8 @@ def resumed_checkpoints(run, source, *, from_step=5, to_step=10) -> list[tuple]:
 @pytest.fixture(scope="module")
 def two_process_runs(debug_data_run, parallel_reference, tmp_path_factory):
     root = tmp_path_factory.mktemp("two")
-    jobs = [job(copy_run(debug_data_run, root / name), *extra) for name, extra in TWO_PROCESS_MODES.items()]
+    jobs = [job(copy_run(debug_data_run, root / name), *extra)
+            for name, extra in (TWO_PROCESS_MODES | ADVERSARIAL_MODES).items()]
     # rank 1's third training forward gives NaN; a checkpoint after every step
     jobs.append(job(copy_run(debug_data_run, root / "poison"), *FSDP, "train.max_steps=5", "train.checkpoint_every=1",
                     "train.keep_checkpoints=10", poison={"rank": 1, "call": 3}))
@@ -110,6 +118,18 @@ def test_two_processes_match_one_process(two_process_runs, parallel_reference, m
     want = [(r["step"], r["val_loss"]) for r in read_metrics(parallel_reference / "train" / "metrics.jsonl") if r["kind"] == "eval"]
     assert [s for s, _ in evals] == [0, 5, 10]  # reduced across ranks, written once (rank 0)
     assert all(abs(a - b) <= 1e-5 for (_, a), (_, b) in zip(evals, want))
+
+
+@pytest.mark.parametrize("mode", list(ADVERSARIAL_MODES))
+def test_adversarial_training_on_two_processes_matches_one_process(two_process_runs, debug_data_run, tmp_path, mode):
+    single = copy_run(debug_data_run, tmp_path / "single")
+    extra = [a for a in ADVERSARIAL_MODES[mode] if a not in FSDP]
+    code, _, err = run_cli("train", "--run-dir", str(single), *settings("parallel.dp_replicate=1",
+                                                                         "parallel.dp_shard=auto", *extra))
+    assert code == 0, err
+    # L-infinity ascent steps take the sign of each gradient coordinate: one that is nearly zero may flip with the
+    # order of FSDP2's sums, moving that coordinate by a whole step
+    assert_losses_match(two_process_runs / mode, single, tol=1e-4)
 
 
 def test_sharded_modes_write_sharded_checkpoints(two_process_runs):
