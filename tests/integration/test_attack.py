@@ -1,12 +1,15 @@
 """``lmforge attack`` end to end on the debug run trained 10 steps: the language-model loss of validation
-continuations and a fine-tuned classifier's task examples under FGSM, PGD and HotFlip, every adversarial example
-within its budget (checked again on the loaded model), the summary in TextAttack's shape, the same report from
-the same recipe; bad input refused in one line with nothing written."""
+continuations, a fine-tuned classifier's task examples and the language model as the evaluation stage's verbalizer
+classifier under FGSM, PGD and HotFlip, every adversarial example within its budget (checked again on the loaded
+model), the summary in TextAttack's shape, the same report from the same recipe, a model compared with itself
+(attack.compare) giving the same row; bad input refused in one line with nothing written."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -16,8 +19,11 @@ from cli_errors import assert_error_line, snapshot
 from conftest import run_cli
 from lmforge.attack.hotflip import nearest_neighbours
 from lmforge.attack.objective import Example, embed, scores
-from lmforge.checkpoint.load import load_model, pick
+from lmforge.checkpoint.load import LABELS, load_model, pick
+from lmforge.command import resolve
+from lmforge.evaluate.task_eval import fitting, score_task
 from lmforge.rundir import RunDir
+from lmforge.transfer.classify import builtin_classification
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +32,12 @@ LM = ["--set", "attack.examples=3", "--set", "attack.context_tokens=16", "--set"
       "attack.attacks=[{name: fgsm, epsilon: 0.5}, {name: pgd, epsilon: 0.5, steps: 4}, "
       "{name: pgd, norm: l2, epsilon: 0.5, scale: token, steps: 4}, {name: hotflip, max_changed: 0.25, neighbours: 8}, "
       "{name: gcg, target: 'return None', suffix_tokens: 3, top_k: 8, candidates: 8, steps: 3}]"]
+FINETUNE = ["--set", "finetune.objective=classification", "--set", "finetune.task=which_package", "--set",
+            "finetune.max_steps=6", "--set", "train.eval_every=6", "--set", "train.checkpoint_every=6"]
 CLASSIFIER = ["--checkpoint", "finetuned", "--set", "attack.examples=4", "--set",
               "attack.attacks=[{name: pgd, epsilon: 5.0, steps: 10}, {name: hotflip, max_changed: 0.5, candidates: 4}]"]
+VERBALIZER = ["--task", "which_package", "--set", "attack.target=verbalizer", "--set", "attack.examples=4", "--set",
+              "attack.attacks=[{name: pgd, epsilon: 5.0, steps: 4}, {name: hotflip, max_changed: 0.5, candidates: 4}]"]
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +53,21 @@ def attacked(trained_base, tmp_path_factory):
     code, _, err = run_cli("attack", "--run-dir", str(lm), *LM)
     assert code == 0, err
     shutil.copytree(trained_base, cls)
-    code, _, err = run_cli("finetune", "--run-dir", str(cls), "--set", "finetune.objective=classification",
-                           "--set", "finetune.task=which_package", "--set", "finetune.max_steps=6",
-                           "--set", "train.eval_every=6", "--set", "train.checkpoint_every=6")
+    code, _, err = run_cli("finetune", "--run-dir", str(cls), *FINETUNE)
     assert code == 0, err
-    code, cls_out, err = run_cli("attack", "--run-dir", str(cls), *CLASSIFIER)
+    adv = folder / "adv"  # the same fine-tuning, adversarially: compared with the plain classifier
+    shutil.copytree(trained_base, adv)
+    code, _, err = run_cli("finetune", "--run-dir", str(adv), *FINETUNE, "--set", "finetune.adversarial.method=pgd",
+                           "--set", "finetune.adversarial.epsilon=0.05", "--set", "finetune.adversarial.steps=2")
     assert code == 0, err
-    return {"lm": lm, "cls": cls, "first": first, "out": out, "cls_out": cls_out}
+    code, cls_out, err = run_cli("attack", "--run-dir", str(cls), *CLASSIFIER, "--set",
+                                 f"attack.compare=[finetuned, {adv / 'finetune' / 'model.safetensors'}]")
+    assert code == 0, err
+    verb = folder / "verb"
+    shutil.copytree(trained_base, verb)
+    code, _, err = run_cli("attack", "--run-dir", str(verb), *VERBALIZER)
+    assert code == 0, err
+    return {"lm": lm, "cls": cls, "adv": adv, "verb": verb, "first": first, "out": out, "cls_out": cls_out}
 
 
 def report(root):
@@ -152,6 +170,55 @@ def test_a_classifier_attacked(attacked):
                 assert loss == pytest.approx(e["attacked_loss"], rel=1e-5)
                 assert loaded.labels[prediction] == e["attacked_prediction"]
     assert rep["attacks"]["pgd_linf"]["summary"]["successful_attacks"] >= 1  # epsilon 5 fools it
+    summary = json.loads((root / "attack" / "summary.json").read_text())
+    main, again, hardened = summary["models"]  # attack.compare: itself (the same examples, seeds), the adversarial one
+    assert main == again == rep["models"][0] and main["adversarial"] is None and rep["models"] == summary["models"]
+    assert (main["model"], main["clean_accuracy"], main["attacks"]) == (rep["model"], rep["clean_accuracy"],
+                                                                         summary["attacks"])
+    assert hardened["model"] == str(attacked["adv"] / "finetune" / "model.safetensors")
+    assert hardened["adversarial"] == load_model(hardened["model"]).adversarial
+    assert (hardened["adversarial"]["method"], hardened["adversarial"]["epsilon"]) == ("pgd", 0.05)
+    assert set(hardened["attacks"]) == {"pgd_linf", "hotflip"} and hardened["attacks"] != main["attacks"]
+    for m in summary["models"]:
+        assert all(s["accuracy_under_attack"] <= s["original_accuracy"] == m["clean_accuracy"]
+                   for s in m["attacks"].values())
+    md = (root / "attack" / "report.md").read_text()
+
+    def row(m, training):
+        return (f"| {m['model']} | {training} | {m['clean_accuracy']:.4g} | " +
+                " | ".join(f"{m['attacks'][k]['accuracy_under_attack']:.4g}" for k in ("pgd_linf", "hotflip")) + " |\n")
+    assert md.count(row(main, "no adversarial training")) == 2
+    assert row(hardened, "adversarial training: pgd eps=0.05") in md
+    assert "| model | training | clean accuracy | accuracy under pgd_linf | accuracy under hotflip |" in md
+
+
+def test_the_language_model_attacked_as_the_evaluation_stages_verbalizer_classifier(attacked):
+    root = attacked["verb"]
+    rep = report(root)
+    assert rep["target"] == "verbalizer" and rep["examples"] == 4 and len(rep["models"]) == 1
+    check_budgets(root, rep)
+    loaded = load_model(rep["model"])
+    cfg, _ = resolve(None, root, ())
+    task, _ = fitting(builtin_classification(RunDir(root), "which_package", cfg.seed, cfg.eval.builtin_examples),
+                      loaded.tokenizer, loaded.model.dims.context_length)
+    names = {f"which_package-{re.sub(r'[^A-Za-z0-9._-]+', '_', ex.id)}": ex for ex in task.examples}
+    chosen = [names[e["example"]] for e in rep["attacks"]["pgd_linf"]["examples"]]
+    scored = score_task(loaded.model, loaded.tokenizer, dataclasses.replace(task, examples=tuple(chosen), lines=()))
+    tail = "\n# package:"  # the template after the text: its tokens are never changed
+    for key, a in rep["attacks"].items():
+        s = a["summary"]
+        assert s["accuracy_under_attack"] <= s["original_accuracy"] == rep["clean_accuracy"]
+        for e, p in zip(a["examples"], scored.predictions):  # the clean figures: the evaluation stage's scores
+            ll = torch.tensor(list(p["loglikelihoods"].values()), dtype=torch.float64)
+            gold = list(p["loglikelihoods"]).index(p["gold"])
+            assert e["clean_loss"] == pytest.approx(float(-ll.log_softmax(0)[gold]), abs=1e-5)
+            assert (e["clean_prediction"], e["label"]) == (p["prediction"], p["gold"])
+            k = next(k for k in range(1, 8) if loaded.tokenizer.decode(e["original_ids"][-k:]) == tail)
+            n = len(e["original_ids"])
+            assert e["adversarial_ids"][-k:] == e["original_ids"][-k:] and all(i < n - k for i in e["changed"])
+            assert e["tokens"] <= n - k and e["suffix_ids"] == []
+    # the 10-step model's verbalizer scores hang on the template more than the text: PGD raises the loss, no more
+    assert all(e["attacked_loss"] > e["clean_loss"] for e in rep["attacks"]["pgd_linf"]["examples"] if not e["skipped"])
 
 
 LONG_TEXT = "def f(x):\n    return x + 1\n\n" * 30
@@ -213,3 +280,56 @@ def test_a_classifier_has_no_language_model_loss_to_attack(attacked, args, line)
     code, _, err = run_cli("attack", "--run-dir", str(root), "--checkpoint", "finetuned", *args)
     assert_error_line(code, err, line.format(model=root / "finetune" / "model.safetensors"))
     assert snapshot(root) == before
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--set", "attack.target=verbalizer"],
+     "error: attack.task: a classifier is attacked on a classification task's examples; give one (built-in: "
+     "which_package, or a task YAML)"),
+    (["--set", "attack.target=verbalizer", "--task", "docstring_to_name"],
+     "error: attack.task: 'docstring_to_name' is a multiple_choice task, not a classification one"),
+    (["--set", "attack.target=verbalizer", "--task", "which_package", "--set", "attack.attacks=[{name: gcg}]"],
+     "error: attack.attacks[0] gcg: a suffix search makes a language model's continuation likely; "
+     "attack.target=verbalizer attacks the label its verbalizers score"),
+    (["--set", "attack.compare=[finetuned]"],
+     "error: attack.compare[0]: {root}/finetune/model.safetensors: no fine-tuned model; run lmforge finetune first"),
+])
+def test_bad_verbalizer_or_compare_input_is_one_line_and_writes_nothing(attacked, args, line):
+    root = attacked["lm"]
+    before = snapshot(root)
+    code, _, err = run_cli("attack", "--run-dir", str(root), *args)
+    assert_error_line(code, err, line.format(root=root))
+    assert snapshot(root) == before
+
+
+def relabelled(source, folder, labels):
+    """A copy of the classifier file with other label names in its metadata (the same head)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(source), "pt") as f:
+        meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    path = folder / "relabelled.safetensors"
+    save_file(weights, str(path), metadata={**meta, LABELS: json.dumps(labels)})
+    return path
+
+
+def test_a_classifier_is_compared_only_with_a_classifier_of_its_labels(attacked, tmp_path):
+    root = attacked["cls"]
+    model = root / "finetune" / "model.safetensors"
+    other = relabelled(model, tmp_path, ["asyncio", "json"])
+    step = root / STEP
+    for args, line in [
+        (["--set", "attack.target=verbalizer", "--task", "which_package"],
+         f"error: attack.target=verbalizer: the model {model} is a classifier (labels asyncio, ctypes), without a "
+         "language-model head to score verbalizers"),
+        (["--set", f"attack.compare=[finetuned, {other}]"],
+         f"error: attack.compare[1]: the model {other} is a classifier (labels asyncio, json); the attacked model "
+         f"{model} has labels asyncio, ctypes"),
+        (["--set", "attack.compare=[latest]"],
+         f"error: attack.compare[0]: the model {step} is a language model; the attacked model {model} is attacked "
+         "as classifier"),
+    ]:
+        before = snapshot(root)
+        code, _, err = run_cli("attack", "--run-dir", str(root), "--checkpoint", "finetuned", *args)
+        assert_error_line(code, err, line)
+        assert snapshot(root) == before

@@ -1,5 +1,6 @@
-"""``lmforge attack``: a classifier, or the language-model loss, under embedding-space FGSM / PGD, HotFlip token
-substitution and a GCG suffix search, with a robustness report (recipe section ``attack:``)."""
+"""``lmforge attack``: a classifier (a classification head, or a language model's label verbalizers), or the
+language-model loss, under embedding-space FGSM / PGD, HotFlip token substitution and a GCG suffix search, with a
+robustness report (recipe section ``attack:``), other models (``attack.compare``) attacked beside it."""
 
 from __future__ import annotations
 
@@ -12,18 +13,21 @@ from lmforge.command import common_options, device_for, require_run_dir, resolve
 @common_options
 @click.option("--checkpoint", help="The model (overrides attack.checkpoint): selected, latest, best, finetuned, "
               "merged, or a path the loader opens.")
-@click.option("--task", help="A classifier's examples: a built-in classification task or a task YAML (overrides "
-              "attack.task; default: finetune.task).")
+@click.option("--task", help="A classifier's (or attack.target=verbalizer's) examples: a built-in classification task "
+              "or a task YAML (overrides attack.task; default: finetune.task).")
 @click.option("--text", "texts", multiple=True, help="A language model's text, ending in its scored continuation "
               "(repeat; overrides attack.texts; default: windows of the run's validation tokens).")
 @click.option("--examples", type=click.IntRange(min=1), help="How many examples (attack.examples).")
 def attack(recipe, overrides, run_dir, checkpoint, task, texts, examples):
-    """Attack a model: a classifier's labels, or the language-model loss of validation continuations, under
+    """Attack a model: a classifier's labels (its head's, or with attack.target=verbalizer a language model's label
+    verbalizers scored as the evaluation stage scores a classification task), or the language-model loss of
+    validation continuations, under
     embedding-space FGSM and PGD (L-infinity and L2 balls relative to the embedding norms) and HotFlip token
     substitution (a share of the tokens at most, protected tokens kept, candidates among each token's nearest
     embedding neighbours) and, for the language model, a GCG suffix search toward a target continuation:
     attack/report.json, report.md and summary.json in TextAttack's summary shape (accuracy and loss under each
-    attack, success rate, tokens changed, queries, examples). Not part of lmforge run.
+    attack, success rate, tokens changed, queries, examples), with a row per model for attack.compare's models (the
+    same examples and seeds: before and after adversarial training). Not part of lmforge run.
     """
     from lmforge.attack.config import AttackConfig
     from lmforge.attack.stage import check_attack, run_attack
@@ -45,4 +49,7 @@ def attack(recipe, overrides, run_dir, checkpoint, task, texts, examples):
         rate = "-" if s["attack_success_rate"] is None else f"{s['attack_success_rate']:.3g}"
         click.echo(f"{key}: accuracy under attack {s['accuracy_under_attack']:.3g}, loss {s['attacked_loss']:.4g}, "
                    f"success rate {rate}, {s['average_queries'] or 0:.3g} queries on average")
+    for m in summary["models"][1:]:
+        click.echo(f"compared {m['model']}: clean accuracy {m['clean_accuracy']:.3g}, under attack " +
+                   ", ".join(f"{key} {s['accuracy_under_attack']:.3g}" for key, s in m["attacks"].items()))
     click.echo(f"report: {run.stage_dir('attack') / 'report.md'}")

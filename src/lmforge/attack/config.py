@@ -69,11 +69,15 @@ Attack = Annotated[EmbeddingAttack | TokenAttack | SuffixAttack, Field(discrimin
 class AttackConfig(StrictModel):
     checkpoint: str | None = Field(default=None, description="the model (any the loader opens: selected, latest, "
                                    "best, finetuned, merged, a path); default: the selected, else the latest")
-    target: Literal["auto", "classifier", "language_model"] = Field(
-        default="auto", description="what is attacked: a classifier's label, or the language-model loss of a "
-        "continuation; auto: the classifier when the model has a classification head")
-    task: str | None = Field(default=None, description="a classifier's examples: a built-in classification task "
-                             "or a task YAML; default: finetune.task")
+    target: Literal["auto", "classifier", "verbalizer", "language_model"] = Field(
+        default="auto", description="what is attacked: a classifier head's label, a language model's label as the "
+        "evaluation stage's verbalizer classifier scores it on attack.task, or the language-model loss of a "
+        "continuation; auto: the classifier when the model has a classification head, else the language model")
+    task: str | None = Field(default=None, description="a classifier's (or verbalizer's) examples: a built-in "
+                             "classification task or a task YAML; default: finetune.task")
+    compare: list[str] = Field(default=[], description="models attacked on the same examples with the same attacks "
+                               "and seeds (as attack.checkpoint names one: selected, latest, finetuned, a path...), "
+                               "e.g. before and after adversarial training")
     texts: list[str] | None = Field(default=None, min_length=1, description="the language model's texts (each "
                                     "ends in its continuation); default: windows of the run's validation tokens")
     context_tokens: int = Field(default=32, ge=1, description="validation windows: the attacked tokens")

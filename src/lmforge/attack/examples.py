@@ -1,5 +1,7 @@
-"""The attacked examples: a classifier's labelled texts from a classification task, or for the language model its
-texts or seeded windows of the run's validation tokens, each a context (attacked) and a continuation (scored)."""
+"""The attacked examples: a classifier's labelled texts from a classification task (read by its head, or by a
+language model as the evaluation stage's label-verbalizer classifier: the prompt, then each label's word), or for
+the language model its texts or seeded windows of the run's validation tokens, each a context (attacked) and a
+continuation (scored)."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from lmforge.attack.config import AttackConfig
 from lmforge.attack.objective import Example
 from lmforge.checkpoint.load import classifier_ids
 from lmforge.data.packing import TokenShards
-from lmforge.errors import AttackError
+from lmforge.errors import AttackError, DataError
+from lmforge.evaluate.task_eval import encode_example, fitting
 from lmforge.evaluate.task_sources import BUILTIN_KINDS
-from lmforge.evaluate.tasks import Task, load_task
+from lmforge.evaluate.tasks import ClassificationExample, Task, load_task
 from lmforge.recipe import RunConfig, read_yaml
 from lmforge.rundir import RunDir
 from lmforge.transfer.classify import builtin_classification
@@ -80,9 +83,59 @@ def classifier_examples(task: Task, labels: list[str], tokenizer, eos: int, seq_
         if ex.label not in labels:
             raise AttackError(f"{task.where(i)}: label {ex.label!r} is not one of the classifier's labels {labels}")
         ids = classifier_ids(tokenizer.encode(ex.text, add_special_tokens=False).ids, eos, seq_len)
-        name = f"{task.name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(ex.id))}"
-        out.append(_example(name, ids[:-1], ids[-1:], labels.index(ex.label), protected))
+        out.append(_example(_name(task, ex), ids[:-1], ids[-1:], labels.index(ex.label), protected))
     return out
+
+
+def _name(task: Task, ex: ClassificationExample) -> str:
+    return f"{task.name}-{re.sub(r'[^A-Za-z0-9._-]+', '_', str(ex.id))}"
+
+
+def verbalizer_examples(task: Task, tokenizer, context_length: int, count: int, seed: int, protected: set[int],
+                        builtin: bool) -> list[Example]:
+    """``count`` seeded examples of the task as the evaluation stage scores them with a language model: the prompt
+    and each label's verbalizer tokens by its encode-pair rule (``task_eval.encode_example``); a built-in task cut
+    first to the examples the model reads whole, as the evaluation stage cuts it (a user's task's example that does
+    not fit is refused). Only the tokens of the example's own text are attacked, never the template's."""
+    if builtin:
+        task, _ = fitting(task, tokenizer, context_length)
+        if not task.examples:
+            raise AttackError(f"attack.task {task.name}: no example fits the model's context of {context_length} "
+                              "tokens")
+    labels = list(task.verbalizers)
+    out = []
+    for i in seeded_choice(len(task.examples), count, seed):
+        ex = task.examples[i]
+        try:
+            pairs = encode_example(task, i, tokenizer, context_length)
+        except DataError as exc:
+            raise AttackError(str(exc)) from None
+        context = pairs[0][0]
+        own = set(text_positions(task, ex, tokenizer, context))
+        template = tuple(j for j in range(len(context)) if j not in own)
+        attackable = tuple(j for j in sorted(own) if context[j] not in protected)
+        out.append(Example(_name(task, ex), tuple(context), (), labels.index(ex.label), attackable,
+                           tuple(tuple(c) for _, c in pairs), template))
+    return out
+
+
+def text_positions(task: Task, ex: ClassificationExample, tokenizer, context: list[int]) -> list[int]:
+    """The positions of ``context`` (the prompt's tokens by the encode-pair rule) whose characters all lie in the
+    example's text where the template puts it (every {text}); the template's and demonstrations' tokens, and a
+    token that runs across a text's edge, are not among them."""
+    prompt = task.prompt(ex)
+    kept = prompt.rstrip() if prompt.rstrip() != prompt else prompt  # the encode-pair rule moves trailing spaces
+    encoding = tokenizer.encode(kept, add_special_tokens=False)
+    if not kept or encoding.ids != list(context):
+        return []  # the end-of-text read in place of an empty prompt
+    start = len(prompt) - len(task.render(ex.text))  # after the demonstrations
+    parts = task.spec.template.split("{text}")
+    spans = []
+    for part in parts[:-1]:
+        start += len(part)
+        spans.append((start, start + len(ex.text)))
+        start += len(ex.text)
+    return [j for j, (a, b) in enumerate(encoding.offsets) if b > a and any(s <= a and b <= e for s, e in spans)]
 
 
 def text_examples(texts: list[str], tokenizer, continuation: int, context_length: int,

@@ -36,8 +36,9 @@ def nearest_neighbours(table: torch.Tensor, tokens: list[int], k: int, banned: s
 
 
 def budget(spec: TokenAttack, example: Example) -> int:
-    """The most tokens the attack may change: ``max_changed`` of the attacked tokens, rounded down."""
-    return math.floor(spec.max_changed * len(example.context) + 1e-9)
+    """The most tokens the attack may change: ``max_changed`` of the example's own tokens (a verbalizer
+    classifier's template left out), rounded down."""
+    return math.floor(spec.max_changed * example.text_tokens + 1e-9)
 
 
 def hotflip(model: Decoder, example: Example, spec: TokenAttack, neighbours: dict[int, list[int]],

@@ -6,7 +6,9 @@ attack success rate (successful / attacked), the mean share of tokens changed ov
 tokens per input and the mean queries over attacked examples; the mean clean and attacked loss beside them. A
 language model's accuracy is the share of its continuation tokens that are the argmax after their prefix. For the
 GCG suffix search the loss and accuracy are its target's, without a suffix and after the suffix found (the attack
-lowers that loss), and it succeeds when the whole target is the greedy continuation.
+lowers that loss), and it succeeds when the whole target is the greedy continuation. Every model attacked (the main
+one, then ``attack.compare``'s) has a row of clean accuracy and accuracy under each attack, labelled with the
+adversarial training it had.
 """
 
 from __future__ import annotations
@@ -79,6 +81,19 @@ ROWS = [("successful_attacks", "Number of successful attacks"), ("failed_attacks
         ("clean_loss", "Clean loss"), ("attacked_loss", "Loss under attack")]
 
 
+def training_label(adversarial: dict | None) -> str:
+    """"adversarial training: pgd eps=0.1" (the method and epsilon of the settings a model was trained with; the
+    settings' plain values where it names no method), or "no adversarial training"."""
+    if not adversarial:
+        return "no adversarial training"
+    method = next((adversarial[k] for k in ("method", "name", "attack") if k in adversarial), None)
+    eps = adversarial.get("epsilon")
+    if method is None:
+        return "adversarial training: " + " ".join(f"{k}={v}" for k, v in adversarial.items()
+                                                   if isinstance(v, (int, float, str, bool)))
+    return f"adversarial training: {method}" + (f" eps={eps:g}" if isinstance(eps, (int, float)) else "")
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -97,6 +112,11 @@ def markdown(summary: dict, records: dict[str, list[Record]], shown: int) -> str
              "| | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for field, title in ROWS:
         lines.append(f"| {title} | " + " | ".join(_cell(summary["attacks"][k][field]) for k in keys) + " |")
+    lines += ["", "## Models", "", "| model | training | clean accuracy | " +
+              " | ".join(f"accuracy under {k}" for k in keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for m in summary["models"]:
+        lines.append(f"| {m['model']} | {training_label(m['adversarial'])} | {_cell(m['clean_accuracy'])} | " +
+                     " | ".join(_cell(m["attacks"][k]["accuracy_under_attack"]) for k in keys) + " |")
     for key in keys:
         chosen = [r for r in records[key] if not r.skipped][:shown]
         if not chosen:

@@ -1,9 +1,11 @@
-"""``lmforge attack``: a classifier's labelled examples, or the language-model loss of validation continuations,
-under embedding-space FGSM and PGD (``attack.embedding``), HotFlip token substitution (``attack.hotflip``) and,
-for the language model, a GCG suffix search toward a target continuation (``attack.suffix``), on any model the
-one loader opens. Written as ``attack/report.json`` (every example under every attack), ``attack/report.md`` and
+"""``lmforge attack``: a classifier's labelled examples (read by its head, or by a language model as the evaluation
+stage's label-verbalizer classifier), or the language-model loss of validation continuations, under
+embedding-space FGSM and PGD (``attack.embedding``), HotFlip token substitution (``attack.hotflip``) and, for the
+language model, a GCG suffix search toward a target continuation (``attack.suffix``), on any model the one loader
+opens. Written as ``attack/report.json`` (every example under every attack), ``attack/report.md`` and
 ``attack/summary.json`` (``attack.report``); the folder is built under a temporary name and appears whole,
-replacing an earlier one. Seeded: the same recipe gives the same report.
+replacing an earlier one. Seeded: the same recipe gives the same report. ``attack.compare``'s models are attacked
+on the same examples with the same attacks and seeds, each a row of the report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from lmforge.attack.config import AttackConfig, SuffixAttack, TokenAttack
 from lmforge.attack.embedding import fgsm, pgd, radii
 from lmforge.attack.examples import (classification_task, classifier_examples, protected_tokens, task_name,
-                                     text_examples, window_examples)
+                                     text_examples, verbalizer_examples, window_examples)
 from lmforge.attack.hotflip import hotflip, nearest_neighbours
 from lmforge.attack.suffix import gcg
 from lmforge.attack.objective import Example, Outcome, embed, scores
@@ -25,14 +27,15 @@ from lmforge.checkpoint.load import LoadedModel, load_model, pick
 from lmforge.core.atomic import atomic_dir, atomic_write_json, atomic_write_text
 from lmforge.core.progress import info, track
 from lmforge.data.tokenizer import eos_id_of, load_tokenizer
-from lmforge.errors import AttackError
+from lmforge.errors import AttackError, LmforgeError
 from lmforge.evaluate.stage import own_tokenizer
+from lmforge.evaluate.task_sources import BUILTIN_KINDS
 from lmforge.explain.attributions import frozen
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 
 STAGE = "attack"
-CLASSIFIER, LANGUAGE_MODEL = "classifier", "language_model"
+CLASSIFIER, LANGUAGE_MODEL, VERBALIZER = "classifier", "language_model", "verbalizer"
 
 
 @dataclasses.dataclass
@@ -40,11 +43,13 @@ class AttackPlan:
     path: Path  # the model
     loaded: LoadedModel
     tokenizer: object
-    target: str  # CLASSIFIER or LANGUAGE_MODEL
+    target: str  # CLASSIFIER, VERBALIZER or LANGUAGE_MODEL
     examples: list[Example]
     protected: set[int]  # token ids never changed nor put in
     neighbours: dict[int, list[int]] | None  # HotFlip's candidates of every attacked token
     suffixes: dict[str, tuple[int, tuple[int, ...]]]  # per GCG attack: its suffix's first token, its target's ids
+    labels: list[str] | None = None  # a classifier's (its head's, or the verbalizer task's); None: the language model
+    compared: list[AttackPlan] = dataclasses.field(default_factory=list)  # attack.compare's, on the same examples
 
 
 def settings_of(cfg: RunConfig) -> AttackConfig:
@@ -53,39 +58,48 @@ def settings_of(cfg: RunConfig) -> AttackConfig:
 
 def check_attack(run: RunDir, cfg: RunConfig, device="cpu") -> AttackPlan:
     """Everything checked before anything is written: the model and the head the target needs, the examples and
-    whether they fit the model's context, the protected tokens."""
+    whether they fit the model's context, the protected tokens, and the models to compare with."""
     ac = settings_of(cfg)
     path = pick(run, ac.checkpoint)
-    loaded = load_model(path, device)
-    if "quantization" in loaded.state:
-        raise AttackError(f"attack: the quantized model {path} ({loaded.state['quantization']['method']}) has no "
-                          "float embeddings to take gradients toward; attack the model it was made from")
+    loaded = _attackable(path, device)
     labels = loaded.labels
     target = ac.target if ac.target != "auto" else (CLASSIFIER if labels is not None else LANGUAGE_MODEL)
     if target == CLASSIFIER and labels is None:
         raise AttackError(f"attack.target=classifier: the model {path} has no classification head (a language "
                           "model); attack a classifier (lmforge finetune with finetune.objective=classification) or "
                           "set attack.target=language_model")
-    if target == LANGUAGE_MODEL and labels is not None:
-        raise AttackError(f"attack.target=language_model: the model {path} is a classifier (labels "
-                          f"{', '.join(labels)}), without a language-model head")
+    if target in (LANGUAGE_MODEL, VERBALIZER) and labels is not None:
+        needs = "a language-model head" if target == LANGUAGE_MODEL else "a language-model head to score verbalizers"
+        raise AttackError(f"attack.target={target}: the model {path} is a classifier (labels "
+                          f"{', '.join(labels)}), without {needs}")
     suffix_search = next((i for i, spec in enumerate(ac.attacks) if isinstance(spec, SuffixAttack)), None)
     if target == CLASSIFIER and suffix_search is not None:
         raise AttackError(f"attack.attacks[{suffix_search}] gcg: a suffix search makes a language model's "
                           f"continuation likely; the model {path} is a classifier")
+    if target == VERBALIZER and suffix_search is not None:
+        raise AttackError(f"attack.attacks[{suffix_search}] gcg: a suffix search makes a language model's "
+                          "continuation likely; attack.target=verbalizer attacks the label its verbalizers score")
     tokenizer = loaded.tokenizer if loaded.tokenizer_path is not None else _run_tokenizer(run)
     eos = eos_id_of(tokenizer)
     model = loaded.model
     protected = protected_tokens(tokenizer, eos, ac, model.dims.vocab_size)
-    if target == CLASSIFIER:
+    if target in (CLASSIFIER, VERBALIZER):
         if ac.texts is not None:
             raise AttackError("attack.texts: a classifier is attacked on a classification task's examples "
                               "(attack.task), not on texts")
-        task = classification_task(run, cfg, task_name(run, cfg, path))
-        examples = classifier_examples(task, labels, tokenizer, eos, loaded.seq_len, ac.examples, ac.seed, protected)
+        name = task_name(run, cfg, path)
+        task = classification_task(run, cfg, name)
+        if target == CLASSIFIER:
+            examples = classifier_examples(task, labels, tokenizer, eos, loaded.seq_len, ac.examples, ac.seed,
+                                           protected)
+        else:
+            labels = list(task.verbalizers)
+            examples = verbalizer_examples(task, tokenizer, model.dims.context_length, ac.examples, ac.seed,
+                                           protected, name in BUILTIN_KINDS)
     elif ac.task is not None:
         raise AttackError(f"attack.task: a language model is attacked on texts (attack.texts) or validation "
-                          f"windows, not on a task's examples; the model {path} has no classification head")
+                          f"windows, not on a task's examples; the model {path} has no classification head (set "
+                          "attack.target=verbalizer to attack it as the task's verbalizer classifier)")
     elif ac.texts is not None:
         examples = text_examples(ac.texts[:ac.examples], tokenizer, ac.continuation_tokens,
                                  model.dims.context_length, protected)
@@ -96,15 +110,63 @@ def check_attack(run: RunDir, cfg: RunConfig, device="cpu") -> AttackPlan:
         examples = window_examples(run, ac, model.dims.context_length, protected)
     if not examples:
         raise AttackError("attack: no examples to attack")
-    neighbours = None
-    token_attacks = [a for a in ac.attacks if isinstance(a, TokenAttack)]
-    if token_attacks:
-        attacked = [ex.context[i] for ex in examples for i in ex.attackable]
-        neighbours = nearest_neighbours(model.embed_tokens.weight.detach(), attacked,
-                                        max(a.neighbours for a in token_attacks), protected)
     suffixes = {spec.key: suffix_tokens(spec, i, tokenizer, examples, protected, model.dims.context_length)
                 for i, spec in enumerate(ac.attacks) if isinstance(spec, SuffixAttack)}
-    return AttackPlan(path, loaded, tokenizer, target, examples, protected, neighbours, suffixes)
+    plan = AttackPlan(path, loaded, tokenizer, target, examples, protected, _neighbours(ac, model, examples, protected),
+                      suffixes, labels)
+    plan.compared = [compared_plan(run, ac, plan, i, choice, device) for i, choice in enumerate(ac.compare)]
+    return plan
+
+
+def _attackable(path: Path, device) -> LoadedModel:
+    loaded = load_model(path, device)
+    if "quantization" in loaded.state:
+        raise AttackError(f"attack: the quantized model {path} ({loaded.state['quantization']['method']}) has no "
+                          "float embeddings to take gradients toward; attack the model it was made from")
+    return loaded
+
+
+def _neighbours(ac: AttackConfig, model, examples: list[Example], protected: set[int]) -> dict[int, list[int]] | None:
+    token_attacks = [a for a in ac.attacks if isinstance(a, TokenAttack)]
+    if not token_attacks:
+        return None
+    attacked = [ex.context[i] for ex in examples for i in ex.attackable]
+    return nearest_neighbours(model.embed_tokens.weight.detach(), attacked, max(a.neighbours for a in token_attacks),
+                              protected)
+
+
+def compared_plan(run: RunDir, ac: AttackConfig, main: AttackPlan, index: int, choice: str, device) -> AttackPlan:
+    """``attack.compare[index]``'s model attacked on the main model's examples: it must be the same kind of target
+    (the same labels for a classifier head), read the same tokens (the same vocabulary) and fit every example."""
+    where = f"attack.compare[{index}]"
+    try:
+        path = pick(run, choice)
+        loaded = _attackable(path, device)
+    except LmforgeError as exc:
+        raise AttackError(f"{where}: {exc}") from None
+    kind = "a language model" if loaded.labels is None else f"a classifier (labels {', '.join(loaded.labels)})"
+    if (main.target == CLASSIFIER) != (loaded.labels is not None):
+        raise AttackError(f"{where}: the model {path} is {kind}; the attacked model {main.path} is attacked as "
+                          f"{main.target.replace('_', ' ')}")
+    if main.target == CLASSIFIER and loaded.labels != main.labels:
+        raise AttackError(f"{where}: the model {path} is {kind}; the attacked model {main.path} has labels "
+                          f"{', '.join(main.labels)}")
+    tokenizer = loaded.tokenizer if loaded.tokenizer_path is not None else _run_tokenizer(run)
+    vocab = (loaded.model.dims.vocab_size, tokenizer.get_vocab_size())
+    expected = (main.loaded.model.dims.vocab_size, main.tokenizer.get_vocab_size())
+    if vocab != expected or tokenizer.get_vocab() != main.tokenizer.get_vocab():
+        raise AttackError(f"{where}: the model {path} reads another vocabulary ({vocab[0]} embeddings, a tokenizer "
+                          f"of {vocab[1]} tokens) than the attacked model {main.path} ({expected[0]}, {expected[1]})")
+    longest = max(len(ex.ids) + max((len(c) for c in ex.choices), default=1) - 1 for ex in main.examples)
+    context = max(len(ex.context) for ex in main.examples)
+    for spec in ac.attacks:
+        if isinstance(spec, SuffixAttack):  # a context, the suffix searched and the target after it
+            longest = max(longest, context + spec.suffix_tokens + len(main.suffixes[spec.key][1]))
+    if longest > loaded.model.dims.context_length:
+        raise AttackError(f"{where}: the model {path} reads {loaded.model.dims.context_length} tokens at most; the "
+                          f"attacked examples need {longest}")
+    return dataclasses.replace(main, path=path, loaded=loaded,
+                               neighbours=_neighbours(ac, loaded.model, main.examples, main.protected), compared=[])
 
 
 def suffix_tokens(spec: SuffixAttack, index: int, tokenizer, examples: list[Example], protected: set[int],
@@ -157,15 +219,15 @@ def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Exam
     model = plan.loaded.model
     clean_loss, clean_pred = score(model, example, example.ids)
     describe = _describer(plan, example)
-    skipped = plan.target == CLASSIFIER and clean_pred != example.label  # already wrong: not attacked
+    skipped = plan.labels is not None and clean_pred != example.label  # already wrong: not attacked
 
     def succeeded(prediction: int, loss: float) -> bool:
-        if plan.target == CLASSIFIER:
+        if plan.labels is not None:
             return prediction != example.label
         return loss - clean_loss >= ac.success_margin
 
     pieces = [plan.tokenizer.decode([t]) for t in example.context]
-    gold = None if example.label is None else plan.loaded.labels[example.label]
+    gold = None if example.label is None else plan.labels[example.label]
     clean_correct = _correct(plan, example, clean_pred)
     out = {}
     for j, spec in enumerate(ac.attacks):
@@ -175,7 +237,7 @@ def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Exam
             continue
         if skipped:
             out[spec.key] = Record(example.name, True, False, clean_loss, clean_loss, clean_correct, clean_correct,
-                                   describe(clean_pred), describe(clean_pred), len(example.context), [], 0, None,
+                                   describe(clean_pred), describe(clean_pred), example.text_tokens, [], 0, None,
                                    "".join(pieces), "".join(pieces), list(example.context), list(example.context),
                                    list(example.suffix), gold)
             continue
@@ -190,7 +252,7 @@ def attack_example(plan: AttackPlan, ac: AttackConfig, index: int, example: Exam
         adv_pieces = [plan.tokenizer.decode([t]) for t in o.ids[:len(example.context)]]
         out[spec.key] = Record(example.name, False, succeeded(pred, o.loss), clean_loss, o.loss, clean_correct,
                                _correct(plan, example, pred), describe(clean_pred), describe(pred),
-                               len(example.context), o.changed, o.queries, used, marked(pieces, tokens_changed),
+                               example.text_tokens, o.changed, o.queries, used, marked(pieces, tokens_changed),
                                marked(adv_pieces, tokens_changed), list(example.context),
                                o.ids[:len(example.context)], list(example.suffix), gold)
     return clean_loss, clean_correct, out
@@ -215,22 +277,22 @@ def suffix_record(plan: AttackPlan, spec: SuffixAttack, example: Example, seed: 
 
 
 def _correct(plan: AttackPlan, example: Example, prediction: int) -> float:
-    if plan.target == CLASSIFIER:
+    if plan.labels is not None:
         return float(prediction == example.label)
     return prediction / len(example.suffix)
 
 
 def _describer(plan: AttackPlan, example: Example):
-    if plan.target == CLASSIFIER:
-        return lambda p: plan.loaded.labels[p]
+    if plan.labels is not None:
+        return lambda p: plan.labels[p]
     return lambda p: f"{p}/{len(example.suffix)} continuation tokens"
 
 
-def run_attack(run: RunDir, cfg: RunConfig, plan: AttackPlan) -> dict:
-    ac = settings_of(cfg)
+def attack_all(plan: AttackPlan, ac: AttackConfig, bar) -> tuple[list[float], list[float], dict[str, list[Record]]]:
+    """Every example's clean loss and accuracy, and its records under every attack, for ``plan``'s model."""
     records: dict[str, list[Record]] = {spec.key: [] for spec in ac.attacks}
     clean_losses, clean_correct = [], []
-    with frozen(plan.loaded.model), track("attack", total=len(plan.examples), unit="examples") as bar:
+    with frozen(plan.loaded.model):
         for i, example in enumerate(plan.examples):
             bar.set(example=example.name)
             loss, correct, found = attack_example(plan, ac, i, example)
@@ -239,16 +301,36 @@ def run_attack(run: RunDir, cfg: RunConfig, plan: AttackPlan) -> dict:
             for key, record in found.items():
                 records[key].append(record)
             bar.advance()
-    summaries = {key: attack_summary(rs) for key, rs in records.items()}
-    n = len(plan.examples)
-    summary = {"model": str(plan.path), "target": plan.target, "examples": n, "seed": ac.seed,
-               "clean_accuracy": sum(clean_correct) / n, "clean_loss": sum(clean_losses) / n, "attacks": summaries}
+    return clean_losses, clean_correct, records
+
+
+def run_attack(run: RunDir, cfg: RunConfig, plan: AttackPlan) -> dict:
+    """The attacks on the model and on every ``attack.compare`` model (the same examples, attacks and seeds); the
+    summary keeps the main model's figures at its top level and every model's in ``models`` (the main model's
+    first)."""
+    ac = settings_of(cfg)
+    plans = [plan, *plan.compared]
+    models, records = [], {}
+    with track("attack", total=len(plan.examples) * len(plans), unit="examples") as bar:
+        for p in plans:
+            clean_losses, clean_correct, found = attack_all(p, ac, bar)
+            n = len(p.examples)
+            models.append({"model": str(p.path), "adversarial": p.loaded.adversarial,
+                           "clean_accuracy": sum(clean_correct) / n, "clean_loss": sum(clean_losses) / n,
+                           "attacks": {key: attack_summary(rs) for key, rs in found.items()}})
+            if p is plan:  # the main model's examples are the ones reported
+                records = found
+    main = models[0]
+    summary = {"model": main["model"], "target": plan.target, "examples": len(plan.examples), "seed": ac.seed,
+               "clean_accuracy": main["clean_accuracy"], "clean_loss": main["clean_loss"], "attacks": main["attacks"],
+               "models": models}
     report = {**summary, "settings": ac.model_dump(mode="json"),
-              "attacks": {spec.key: {"settings": spec.model_dump(mode="json"), "summary": summaries[spec.key],
+              "attacks": {spec.key: {"settings": spec.model_dump(mode="json"), "summary": main["attacks"][spec.key],
                                      "examples": [r.to_dict() for r in records[spec.key]]} for spec in ac.attacks}}
     with atomic_dir(run.stage_dir(STAGE)) as folder:
         atomic_write_json(folder / "report.json", report)
         atomic_write_text(folder / "report.md", markdown(summary, records, ac.shown_examples))
         atomic_write_json(folder / "summary.json", summary)
-    info(f"attack: {len(plan.examples)} example(s), {len(ac.attacks)} attack(s) -> {run.stage_dir(STAGE)}")
+    info(f"attack: {len(plan.examples)} example(s), {len(ac.attacks)} attack(s), {len(plans)} model(s) -> "
+         f"{run.stage_dir(STAGE)}")
     return summary

@@ -1,5 +1,6 @@
 """The robustness summary in TextAttack's shape, counted by hand on made-up records; the changed tokens marked;
-the attack section's bad budgets and names refused with their reason."""
+the models' table labelled with their adversarial training; the attack section's bad budgets and names refused with
+their reason."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from lmforge.attack.config import AttackConfig
-from lmforge.attack.report import Record, attack_summary, marked, markdown
+from lmforge.attack.report import Record, attack_summary, marked, markdown, training_label
 
 
 def record(name, skipped=False, success=False, clean=1.0, attacked=1.0, changed=(), queries=10, tokens=10):
@@ -28,9 +29,21 @@ def test_summary_counts_as_textattack_does():
     assert s["average_queries"] == pytest.approx((12 + 30 + 6) / 3)  # over attacked examples
     assert s["average_tokens_per_input"] == pytest.approx(35 / 4)
     assert s["clean_loss"] == 0.5 and s["attacked_loss"] == pytest.approx((0.9 + 0.6 + 0.6 + 0.9) / 4)
-    table = markdown({"model": "m", "target": "classifier", "examples": 4, "seed": 0, "attacks": {"hotflip": s}},
-                     {"hotflip": records}, shown=2)
+    models = [{"model": "m", "adversarial": None, "clean_accuracy": 0.75, "attacks": {"hotflip": s}},
+              {"model": "hard", "adversarial": {"method": "pgd", "epsilon": 0.05, "steps": 3},
+               "clean_accuracy": 0.5, "attacks": {"hotflip": {**s, "accuracy_under_attack": 0.5}}}]
+    table = markdown({"model": "m", "target": "classifier", "examples": 4, "seed": 0, "attacks": {"hotflip": s},
+                      "models": models}, {"hotflip": records}, shown=2)
     assert "| Attack success rate | 0.6667 |" in table and table.count("- **") == 2
+    assert ("| model | training | clean accuracy | accuracy under hotflip |\n|---|---|---|---|\n"
+            "| m | no adversarial training | 0.75 | 0.25 |\n"
+            "| hard | adversarial training: pgd eps=0.05 | 0.5 | 0.5 |\n") in table
+
+
+def test_a_training_label_names_the_method_and_epsilon():
+    assert training_label(None) == "no adversarial training"
+    assert training_label({"name": "freelb", "epsilon": 0.1, "steps": 2}) == "adversarial training: freelb eps=0.1"
+    assert training_label({"epsilon": 0.2, "steps": 2}) == "adversarial training: epsilon=0.2 steps=2"
 
 
 def test_changed_tokens_are_marked():
