@@ -333,3 +333,37 @@ def test_a_classifier_is_compared_only_with_a_classifier_of_its_labels(attacked,
         code, _, err = run_cli("attack", "--run-dir", str(root), "--checkpoint", "finetuned", *args)
         assert_error_line(code, err, line)
         assert snapshot(root) == before
+
+
+def exported_decoder(path, vocab_size: int, context_length: int):
+    """A seeded debug decoder of the given vocabulary and context, written as an exported model file."""
+    from lmforge.checkpoint.export import write_exported
+    from lmforge.model.config import SIZES, ModelDims
+    from lmforge.model.decoder import Decoder
+    from lmforge.model.fused_layout import to_canonical
+    torch.manual_seed(0)
+    m = Decoder(ModelDims(vocab_size=vocab_size, **{**SIZES["debug"], "context_length": context_length}))
+    weights = {k: v.clone() for k, v in to_canonical(m.state_dict(), m.dims).items()
+               if not (k == "lm_head.weight" and m.dims.tie_embeddings)}  # a tied head is the embedding table
+    write_exported(path, weights, m.dims.to_dict(), 0, None, "test")
+    return path
+
+
+def test_a_compared_model_of_another_vocabulary_or_a_shorter_context_is_refused(attacked, tmp_path):
+    root = attacked["lm"]
+    main = pick(RunDir(root))
+    loaded = load_model(main)
+    vocab, tokens = loaded.model.dims.vocab_size, loaded.tokenizer.get_vocab_size()
+    other = exported_decoder(tmp_path / "other.safetensors", vocab + 8, 128)
+    short = exported_decoder(tmp_path / "short.safetensors", vocab, 16)
+    windows = ["--set", "attack.context_tokens=16", "--set", "attack.continuation_tokens=4", "--set",
+               "attack.attacks=[{name: fgsm}]"]
+    for compared, line in [
+        (other, f"error: attack.compare[0]: the model {other} reads another vocabulary ({vocab + 8} embeddings, a "
+                f"tokenizer of {tokens} tokens) than the attacked model {main} ({vocab}, {tokens})"),
+        (short, f"error: attack.compare[0]: the model {short} reads 16 tokens at most; the attacked examples need 20"),
+    ]:
+        before = snapshot(root)
+        code, _, err = run_cli("attack", "--run-dir", str(root), *windows, "--set", f"attack.compare=[{compared}]")
+        assert_error_line(code, err, line)
+        assert snapshot(root) == before
