@@ -124,7 +124,7 @@ def text_positions(task: Task, ex: ClassificationExample, tokenizer, context: li
     example's text where the template puts it (every {text}); the template's and demonstrations' tokens, and a
     token that runs across a text's edge, are not among them."""
     prompt = task.prompt(ex)
-    kept = prompt.rstrip() if prompt.rstrip() != prompt else prompt  # the encode-pair rule moves trailing spaces
+    kept = prompt.rstrip()  # the encode-pair rule moves the prompt's trailing whitespace to the continuation
     encoding = tokenizer.encode(kept, add_special_tokens=False)
     if not kept or encoding.ids != list(context):
         return []  # the end-of-text read in place of an empty prompt
