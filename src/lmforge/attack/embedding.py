@@ -16,6 +16,7 @@ import torch
 from lmforge.attack.config import EmbeddingAttack
 from lmforge.attack.objective import Example, Outcome, embed, loss_and_gradient, losses
 from lmforge.model.decoder import Decoder
+from lmforge.train.adversarial import direction, project  # the same balls as adversarial training's
 
 
 def radii(model: Decoder, example: Example, spec: EmbeddingAttack) -> torch.Tensor:
@@ -30,21 +31,6 @@ def radii(model: Decoder, example: Example, spec: EmbeddingAttack) -> torch.Tens
     if spec.norm == "linf":
         r = r / math.sqrt(table.shape[1])
     return r.unsqueeze(-1)
-
-
-def project(delta: torch.Tensor, radius: torch.Tensor, norm: str) -> torch.Tensor:
-    """``delta`` (T, C) moved into the balls of ``radius`` (T, 1)."""
-    if norm == "linf":
-        return torch.maximum(torch.minimum(delta, radius), -radius)
-    length = delta.norm(dim=-1, keepdim=True)  # (T, 1)
-    return delta * torch.where(length > radius, radius / length.clamp_min(1e-30), torch.ones_like(length))
-
-
-def direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
-    """The steepest ascent direction of unit size in ``norm`` per position: sign(g), or g / ||g||_2."""
-    if norm == "linf":
-        return grad.sign()
-    return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-30)
 
 
 def random_start(radius: torch.Tensor, C: int, norm: str, generator: torch.Generator) -> torch.Tensor:
