@@ -28,30 +28,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-
-def run_cli(argv: list[str], log: Path, threads: int) -> float:
-    """``lmforge ARGV`` in a fresh process (as a user runs it); returns its wall seconds."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    start = time.perf_counter()
-    with open(log, "a") as out:
-        done = subprocess.run([sys.executable, "-m", "lmforge", *argv, "--quiet"], env=env, stdout=out,
-                              stderr=subprocess.STDOUT)
-    if done.returncode:
-        raise SystemExit(f"lmforge {' '.join(argv)} failed (exit {done.returncode}); see {log}:\n"
-                         + log.read_text()[-3000:])
-    return time.perf_counter() - start
-
-
-def sets(overrides: dict) -> list[str]:
-    return [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
+from finetune_transfer import run_cli, sets  # lmforge in a fresh process, retried if killed from outside
 
 
 def finetune(base: Path, run: Path, args, seed: int, method: str | None, log: Path) -> float:
@@ -64,7 +46,7 @@ def finetune(base: Path, run: Path, args, seed: int, method: str | None, log: Pa
     if method is not None:
         overrides |= {"finetune.adversarial.method": method, "finetune.adversarial.epsilon": args.train_epsilon,
                       "finetune.adversarial.steps": args.train_steps}
-    return run_cli(["finetune", "--run-dir", str(run), *sets(overrides)], log, args.threads)
+    return run_cli(["finetune", "--run-dir", str(run), *sets(overrides), "--quiet"], args, log)
 
 
 def tokens_per_second(run: Path) -> float:
@@ -85,7 +67,7 @@ def attack(run: Path, compare: Path, args, seed: int, log: Path) -> dict:
                  "attack.seed": seed, "attack.attacks": attacks(args),
                  "attack.compare": json.dumps([str(compare / "finetune" / "model.safetensors")]),
                  "attack.shown_examples": 2}
-    run_cli(["attack", "--run-dir", str(run), *sets(overrides)], log, args.threads)
+    run_cli(["attack", "--run-dir", str(run), *sets(overrides), "--quiet"], args, log)
     summary = json.loads((run / "attack" / "summary.json").read_text())
     return {Path(m["model"]).parent.parent.name: m for m in summary["models"]}
 
@@ -125,10 +107,10 @@ def main() -> None:
     if not (base / "train" / "summary.json").exists():  # --keep DIR of an earlier run: its base is reused
         print(f"pretraining the base (default recipe, {args.pretrain_steps} steps) in {base}", flush=True)
         shutil.rmtree(base, ignore_errors=True)
-        run_cli(["data", "--run-dir", str(base)], log, args.threads)
+        run_cli(["data", "--run-dir", str(base), "--quiet"], args, log)
         run_cli(["train", "--run-dir", str(base), *sets({"train.max_steps": args.pretrain_steps,
-                                                        "train.checkpoint_every": args.pretrain_steps})],
-                log, args.threads)
+                                                        "train.checkpoint_every": args.pretrain_steps}), "--quiet"],
+                args, log)
     for old in root.glob("seed*"):
         shutil.rmtree(old)
     results = []

@@ -47,6 +47,7 @@ def test_empty_corpus_after_filtering(tmp_path):
     ("model.n_heads=3", "model: n_heads (3) must divide d_model (64)"),
     ("data.val_fraction=1.5", "data.val_fraction: Input should be less than 1 (got 1.5)"),
     ("train.micro_batch_size=16", "train: micro_batch_size (16) must not exceed batch_size (8)"),
+    ("train.adversarial.epsilon=0", "train.adversarial.epsilon: Input should be greater than 0 (got 0)"),
 ])
 def test_bad_recipe_values_fail_before_any_work(tmp_path, override, message):
     run_dir = tmp_path / "run"
