@@ -1,4 +1,5 @@
-"""Packing: encode documents (in parallel) into flat token shards, and read them back as windows.
+"""Packing: encode documents (in threads; through tiktoken when the tokenizer converts exactly, see
+``fast_encode``) into flat token shards, and read them back as windows.
 
 On disk (``out_dir``, which appears atomically): ``shard_00000.bin``, ... raw little-endian uint16
 (uint32 when the vocabulary exceeds 65536) with the EOS token after every document, and ``index.json``.
@@ -9,14 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from lmforge.core.atomic import atomic_dir
-from lmforge.core.progress import track
+from lmforge.core.progress import info, track
 from lmforge.data.config import PackConfig
+from lmforge.data.fast_encode import DocumentEncoder
 from lmforge.data.tokenizer import end_of_text_id, read_tokenizer
 from lmforge.errors import DataError
 
@@ -27,8 +30,11 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype("<u2") if vocab_size <= 65536 else np.dtype("<u4")
 
 
-def pack_tokens(tokenizer_path: Path, docs_jsonl: Path, out_dir: Path, cfg: PackConfig) -> dict:
-    """Encode every document of ``docs_jsonl`` and write ``out_dir``; return its index."""
+def pack_tokens(tokenizer_path: Path, docs_jsonl: Path, out_dir: Path, cfg: PackConfig,
+                encoder: str = "auto") -> dict:
+    """Encode every document of ``docs_jsonl`` and write ``out_dir``; return its index, with ``encoder``: the
+    library that encoded ("tiktoken" when the tokenizer converts exactly, else "tokenizers", and then
+    ``encoder_fallback``: why). ``encoder="tokenizers"`` forces the fallback (the shards are the same)."""
     tokenizer = read_tokenizer(tokenizer_path)  # lmforge's, or a base model's own (fine-tuning)
     docs_jsonl = Path(docs_jsonl)
     if not docs_jsonl.is_file():
@@ -37,51 +43,69 @@ def pack_tokens(tokenizer_path: Path, docs_jsonl: Path, out_dir: Path, cfg: Pack
     if eos_id is None:
         raise DataError(f"{tokenizer_path}: the tokenizer names no end-of-text token to end documents with")
     dtype = token_dtype(vocab_size)
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)  # no offsets: faster
     num_documents = num_bytes = 0
-    with atomic_dir(out_dir) as tmp, _ShardWriter(tmp, cfg.shard_tokens, dtype) as writer:
-        with track(f"pack {docs_jsonl.name}", total=docs_jsonl.stat().st_size / 1e6, unit="MB") as bar:
-            for texts, line_bytes in _batches(docs_jsonl, cfg.batch_documents):
-                encodings = encode(texts, add_special_tokens=False)
-                ids: list[int] = []
-                for enc in encodings:
-                    ids += enc.ids
-                    ids.append(eos_id)
-                writer.write(np.array(ids, dtype=dtype))
-                num_documents += len(texts)
-                num_bytes += sum(len(t.encode("utf-8")) for t in texts)
-                bar.advance(line_bytes / 1e6)
-        if num_documents == 0:
-            raise DataError(f"{docs_jsonl}: no documents to pack")
-        writer.close()
-        index = {
-            "dtype": dtype.name,
-            "eos_id": eos_id,
-            "vocab_size": vocab_size,
-            "shards": writer.shards,
-            "num_tokens": sum(s["tokens"] for s in writer.shards),
-            "num_documents": num_documents,
-            "num_bytes": num_bytes,
-        }
-        (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    with DocumentEncoder(tokenizer_path, tokenizer, eos_id, dtype, usable_cpus(), force=encoder) as documents:
+        info(f"pack {docs_jsonl.name}: encoding with {documents.route}"
+             + (f" ({documents.reason})" if documents.reason else ""))
+        with atomic_dir(out_dir) as tmp, _ShardWriter(tmp, cfg.shard_tokens, dtype) as writer:
+            with track(f"pack {docs_jsonl.name}", total=docs_jsonl.stat().st_size / 1e6, unit="MB") as bar:
+                pending = None  # the batch being encoded while the next one is read
+                for texts, text_bytes, line_bytes in _batches(docs_jsonl, cfg.batch_documents):
+                    tokens = documents.submit(texts)
+                    if pending is not None:
+                        _write(writer, bar, *pending)
+                    pending = (tokens, line_bytes)
+                    num_documents += len(texts)
+                    num_bytes += text_bytes
+                if pending is not None:
+                    _write(writer, bar, *pending)
+            if num_documents == 0:
+                raise DataError(f"{docs_jsonl}: no documents to pack")
+            writer.close()
+            index = {
+                "dtype": dtype.name,
+                "eos_id": eos_id,
+                "vocab_size": vocab_size,
+                "shards": writer.shards,
+                "num_tokens": sum(s["tokens"] for s in writer.shards),
+                "num_documents": num_documents,
+                "num_bytes": num_bytes,
+                "encoder": documents.route,
+                **({"encoder_fallback": documents.reason} if documents.reason else {}),
+            }
+            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return index
 
 
-def _batches(path: Path, size: int) -> Iterator[tuple[list[str], int]]:
-    """(texts, JSONL bytes they took) in batches of ``size`` documents."""
-    texts, nbytes = [], 0
+def _write(writer: _ShardWriter, bar, tokens, line_bytes: int) -> None:
+    writer.write(tokens())
+    bar.advance(line_bytes / 1e6)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _batches(path: Path, size: int) -> Iterator[tuple[list[str], int, int]]:
+    """(texts, their UTF-8 bytes, JSONL bytes they took) in batches of ``size`` documents."""
+    texts, text_bytes, nbytes = [], 0, 0
     with open(path, "rb") as f:
         for lineno, line in enumerate(f, start=1):
             try:
-                texts.append(json.loads(line)["text"])
-            except (ValueError, KeyError, TypeError):
+                text = json.loads(line)["text"]
+                text_bytes += len(text.encode("utf-8"))
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): no tokenizer encodes it
+                raise DataError(f"{path}:{lineno}: text is not valid Unicode (a lone surrogate)") from None
+            except (ValueError, KeyError, TypeError, AttributeError):
                 raise DataError(f"{path}:{lineno}: not a JSON record with a 'text' field") from None
+            texts.append(text)
             nbytes += len(line)
             if len(texts) == size:
-                yield texts, nbytes
-                texts, nbytes = [], 0
+                yield texts, text_bytes, nbytes
+                texts, text_bytes, nbytes = [], 0, 0
     if texts:
-        yield texts, nbytes
+        yield texts, text_bytes, nbytes
 
 
 class _ShardWriter:
