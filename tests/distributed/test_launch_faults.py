@@ -46,11 +46,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_killed_worker_is_restarted_and_resumes(debug_data_run, parallel_reference, tmp_path):
+@pytest.mark.parametrize("layout", [("parallel.dp_replicate=1", "parallel.dp_shard=2"), ("parallel.pp=2",)],
+                         ids=["fsdp", "pipeline"])  # under PP, the process of the last stage is killed
+def test_killed_worker_is_restarted_and_resumes(debug_data_run, parallel_reference, tmp_path, layout):
     run = tmp_path / "run"
     shutil.copytree(debug_data_run, run)
     proc = lmforge_process("train", "--run-dir", str(run), "--nproc", "2", "--max-restarts", "1",
-                           *settings("parallel.dp_replicate=1", "parallel.dp_shard=2", "train.checkpoint_every=2"))
+                           *settings(*layout, "train.checkpoint_every=2"))
     deadline = time.monotonic() + 300
     victims = []
     while len(victims) < 2:  # found before the kill point, so that the kill itself is immediate

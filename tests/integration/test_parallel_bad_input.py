@@ -29,8 +29,38 @@ SPLITS = "tensor parallelism splits it evenly over the tp processes"
                        "(parallel.dp_replicate x parallel.dp_shard = 3 x 1)"),
     (["--nproc", "2", "--set", "parallel.dp_replicate=1", "--set", "parallel.dp_shard=2",
       "--set", "train.optimizer=adafactor"],
-     "error: train.optimizer=adafactor is not supported with sharded parameters (parallel.dp_shard > 1 or "
-     "parallel.tp > 1); use one of adamw, adam, sgd, rmsprop, lion, or plain data parallelism (parallel.dp_replicate)"),
+     "error: train.optimizer=adafactor is not supported with sharded parameters (parallel.dp_shard > 1, "
+     "parallel.tp > 1 or parallel.pp > 1); use one of adamw, adam, sgd, rmsprop, lion, or plain data parallelism (parallel.dp_replicate)"),
+    # pipeline parallelism (the debug model has 2 blocks)
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "model.n_layers=3"],
+     "error: parallel.pp: 2 pipeline stages (pp x virtual stages) do not divide model.n_layers (3); set "
+     "parallel.pp_split to parameters or to a list of blocks per stage"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "parallel.pp_schedule=interleaved_1f1b"],
+     "error: parallel.pp: 4 pipeline stages (pp x virtual stages) need at least as many blocks; model.n_layers "
+     "is 2"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "parallel.pp_microbatches=1"],
+     "error: parallel.pp_microbatches=1: the 1f1b schedule needs at least as many micro-batches as pipeline "
+     "stages (parallel.pp=2)"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "parallel.pp_microbatches=3"],
+     "error: parallel.pp_microbatches=3 does not divide each data-parallel rank's share of train.batch_size "
+     "(8 / 1 = 8 sequences)"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "parallel.pp_split=[2, 1]"],
+     "error: parallel.pp_split=[2, 1]: needs 2 positive block counts (parallel.pp x virtual stages) that sum to "
+     "model.n_layers (2)"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "parallel.pp_virtual_stages=2"],
+     "error: parallel.pp_virtual_stages=2: parallel.pp_schedule=1f1b runs one stage per process; use "
+     "interleaved_1f1b or zero_bubble for virtual stages"),
+    (["--nproc", "4", "--set", "parallel.pp=2", "--set", "parallel.dp_replicate=1", "--set", "parallel.tp=4"],
+     "error: parallel: pp * dp_replicate * dp_shard * tp = 2 * 1 * 1 * 4 = 8 does not match the world size 4 "
+     "(processes: --nproc x --nnodes)"),
+    (["--nproc", "2", "--set", "parallel.pp=4"],
+     "error: parallel.pp * parallel.dp_shard * parallel.tp = 4 does not divide the world size 2 (processes: --nproc x --nnodes); "
+     "parallel.dp_replicate=-1 takes what the others leave"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "train.micro_batch_size=2"],
+     "error: train.micro_batch_size=2: under pipeline parallelism each batch is split into "
+     "parallel.pp_microbatches instead"),
+    (["--nproc", "2", "--set", "parallel.pp=2", "--set", "train.adversarial.epsilon=0.1"],
+     "error: adversarial training does not run under pipeline parallelism (parallel.pp=2)"),
     (["--nproc", "2", "--nnodes", "2"],
      "error: --nnodes 2: give --rdzv-endpoint HOST:PORT (node 0's address and a free port)"),
     (["--nproc", "2", "--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"],

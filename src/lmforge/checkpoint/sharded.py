@@ -234,12 +234,29 @@ def full_model_tensors(path: Path, dims: ModelDims) -> dict[str, torch.Tensor]:
     return to_canonical(full, dims)
 
 
+def _saved_parameter_order(model: torch.nn.Module, optimizer) -> list[torch.nn.Parameter | None]:
+    """The optimizer's parameters as a whole-model safetensors checkpoint numbers them: its own order, or for
+    a pipeline stage's parts (``stage_modules``) the whole decoder's, None for what other stages hold."""
+    params = _optimizer_params(optimizer)
+    if not hasattr(model, "stage_modules"):
+        return params
+    from lmforge.model.decoder import Decoder
+    from lmforge.model.parameter_kinds import is_decayed
+
+    with torch.device("meta"):
+        whole = list(Decoder(model.dims).named_parameters())
+    order = [n for n, p in whole if is_decayed(n, p)] + [n for n, p in whole if not is_decayed(n, p)]  # its groups
+    mine = {clean_name(n): p for n, p in model.named_parameters()}
+    return [mine.get(n) for n in order]
+
+
 def load_safetensors_into_sharded(path: Path, state: dict, model: torch.nn.Module, optimizer) -> None:
     reshard(model)
     dims = model.dims
     full = full_model_tensors(path, dims)
     views = model_views(model, dims)
-    if set(full) != set(views):
+    part = hasattr(model, "stage_modules")  # a pipeline stage holds some of the weights
+    if (set(views) - set(full)) or (not part and set(full) != set(views)):
         raise CheckpointError(f"checkpoint {path / MODEL_FILE}: weights do not fit this model "
                               f"(missing {sorted(set(views) - set(full))[:3]}, "
                               f"unexpected {sorted(set(full) - set(views))[:3]})")
@@ -258,10 +275,12 @@ def load_safetensors_into_sharded(path: Path, state: dict, model: torch.nn.Modul
         return  # saved before the first update
     init_optimizer_state(optimizer)
     names = _named_params(model)
-    params = _optimizer_params(optimizer)
+    params = _saved_parameter_order(model, optimizer)
     for key, tensor in tensors.items():
         _, pid, state_key = key.split(".", 2)
         p = params[int(pid)]
+        if p is None:  # another pipeline stage's
+            continue
         live = optimizer.state[p][state_key]
         if live.shape == p.shape and live.dim() > 0:
             pairs = zip(canonical_entries(names[id(p)], live, dims), canonical_entries(names[id(p)], tensor, dims))
@@ -271,4 +290,5 @@ def load_safetensors_into_sharded(path: Path, state: dict, model: torch.nn.Modul
             _copy_full(live, tensor)
     _restore_groups(optimizer, meta["param_groups"])
     for pid, entry in meta["scalars"].items():
-        optimizer.state[params[int(pid)]].update(entry)
+        if params[int(pid)] is not None:
+            optimizer.state[params[int(pid)]].update(entry)

@@ -6,17 +6,18 @@
 2. activation checkpointing and ``torch.compile``, per block (``train.activation_checkpointing``,
    ``train.compile``);
 3. FSDP2 ``fully_shard`` per block and at the root (``parallel.dp_shard``; with ``dp_replicate`` as well,
-   HSDP), or DDP when the parameters are not sharded.
+   HSDP), or DDP when the parameters are not sharded;
+4. with ``parallel.pp``, the blocks split into pipeline stages first (``pipeline.py``), the steps above
+   applied to each process's share, FSDP2's root being each stage.
 
 The helpers beside it keep the training loop's flow one line each: gradient sync on the last micro-batch
-only, gradient clipping by the global norm across shards, and the loss context.
+only and the loss context (clipping by the norm across shards: ``gradients.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 
 import torch
 from torch import nn
@@ -32,23 +33,29 @@ class VocabParallelHead(nn.Linear):
     giving logits sharded over the vocabulary for ``loss_parallel``."""
 
 
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The decoder blocks of a model or of a pipeline stage's parts (``layers`` a list or a dict by index)."""
+    return [block for _, block in model.layers.named_children()]
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for i, block in enumerate(model.layers):
-        model.layers[i] = checkpoint_wrapper(block)
+    for key, block in list(model.layers.named_children()):
+        setattr(model.layers, key, checkpoint_wrapper(block))
 
 
 def compile_model_parts(model: nn.Module, head: bool = True) -> None:
     """``torch.compile`` each block in place, and the final norm + LM head + loss (``Decoder.head``), where
     the compiler fuses the cross-entropy over the vocabulary that eager mode runs as separate passes."""
-    for block in model.layers:
+    for block in blocks(model):
         block.compile()
     if head:
         model.head = torch.compile(model.head)
 
 
-def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bool = False) -> None:
+def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bool = False,
+                         head: bool = True) -> None:
     """``train.activation_checkpointing`` and ``train.compile``, block by block: checkpointing first, so the
     compiled region is the checkpointed block, as torchtitan orders them. Under tensor parallelism each
     compiled block is checkpointed instead: torch 2.13 fails to compile a checkpointed block of DTensors
@@ -58,7 +65,7 @@ def apply_memory_options(model: nn.Module, cfg: TrainConfig, tensor_parallel: bo
     if cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if cfg.compile and not tensor_parallel:
-        compile_model_parts(model)
+        compile_model_parts(model, head=head)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
@@ -75,19 +82,22 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
     tp = tp_mesh.size()
     dims = model.dims
     permute_for_tp(model, dims, tp)
-    head = model.lm_head
-    model.lm_head = VocabParallelHead(head.in_features, head.out_features, bias=False, device="meta")  # its weight is the old one
-    model.lm_head.weight = head.weight
-    parallelize_module(model, tp_mesh, {
-        "embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False),
-        "final_norm": SequenceParallel(),
-        "lm_head": ColwiseParallel(input_layouts=Shard(1), use_local_output=False),
-    })
-    if dims.tie_embeddings:  # both are Shard(0) on the vocabulary: one parameter again
+    plan = {}  # a pipeline stage's parts may lack the embedding or the head
+    if hasattr(model, "embed_tokens"):
+        plan["embed_tokens"] = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1), use_local_output=False)
+    if hasattr(model, "lm_head"):
+        head = model.lm_head
+        model.lm_head = VocabParallelHead(head.in_features, head.out_features, bias=False, device="meta")  # its weight is the old one
+        model.lm_head.weight = head.weight
+        plan["final_norm"] = SequenceParallel()
+        plan["lm_head"] = ColwiseParallel(input_layouts=Shard(1), use_local_output=False)
+    parallelize_module(model, tp_mesh, plan)
+    if dims.tie_embeddings and "lm_head" in plan:  # both are Shard(0) on the vocabulary: one parameter again
         model.lm_head.weight = model.embed_tokens.weight
-    model.embed_tokens.register_forward_hook(_settled)
+    if "embed_tokens" in plan:
+        model.embed_tokens.register_forward_hook(_settled)
     no_args = (None,) * 4  # cos, sin, cache, start_pos
-    for block in model.layers:
+    for block in blocks(model):
         parallelize_module(block, tp_mesh, {
             "attn_norm": SequenceParallel(),
             "attn": PrepareModuleInput(input_layouts=(Shard(1), *no_args), desired_input_layouts=(Replicate(), *no_args)),
@@ -110,7 +120,9 @@ def _settled(module: nn.Module, inputs, output: DTensor) -> DTensor:
     return output.clone()
 
 
-def apply_fsdp(model: nn.Module, dp_mesh) -> None:
+def apply_fsdp(model: nn.Module, dp_mesh, roots: list[nn.Module] | None = None):
+    """``fully_shard`` every block, then the root: ``model`` itself, or the ``roots`` given (pipeline stages;
+    None: returned as a function that wraps them later)."""
     from torch.distributed.fsdp import fully_shard
 
     fused = {id(p) for name, p in model.named_parameters() if parts_of(clean_name(name), model.dims)}
@@ -120,19 +132,34 @@ def apply_fsdp(model: nn.Module, dp_mesh) -> None:
         tp_rows = isinstance(p, DTensor) and any(isinstance(q, Shard) and q.dim == 0 for q in p.placements)
         return Shard(1) if p.dim() == 2 and (tp_rows or id(p) in fused) else Shard(0)
 
-    for block in model.layers:
+    for block in blocks(model):
         fully_shard(block, mesh=dp_mesh, shard_placement_fn=shard_dim)
-    fully_shard(model, mesh=dp_mesh, shard_placement_fn=shard_dim)
+    return lambda root: fully_shard(root, mesh=dp_mesh, shard_placement_fn=shard_dim)
 
 
-def parallelize(model: nn.Module, ctx: DistContext, train: TrainConfig) -> nn.Module:
-    """Apply the layout of ``ctx`` to ``model`` in place; returns the module the training loop calls."""
+def data_parallel_mesh(ctx: DistContext):
+    return ctx.mesh["dp_replicate", "dp_shard"] if ctx.layout.dp_replicate > 1 else ctx.mesh["dp_shard"]
+
+
+def parallelize(model: nn.Module, ctx: DistContext, train: TrainConfig, pipeline=None) -> nn.Module:
+    """Apply the layout of ``ctx`` to ``model`` in place; returns the module the training loop calls (with
+    ``parallel.pp``, the ``Pipeline``; ``pipeline`` is the recipe's ``parallel:`` section)."""
     layout, mesh = ctx.layout, ctx.mesh
+    if layout.pp > 1:
+        from lmforge.distributed.pipeline import build_pipeline
+
+        def within(parts: nn.Module):
+            if layout.tp > 1:
+                apply_tensor_parallel(parts, mesh["tp"])
+            apply_memory_options(parts, train, tensor_parallel=layout.tp > 1, head=False)
+            return apply_fsdp(parts, data_parallel_mesh(ctx)) if layout.fsdp else None
+
+        return build_pipeline(model, ctx, pipeline, within)
     if layout.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
     apply_memory_options(model, train, tensor_parallel=layout.tp > 1)
     if layout.fsdp:
-        apply_fsdp(model, mesh["dp_replicate", "dp_shard"] if layout.dp_replicate > 1 else mesh["dp_shard"])
+        apply_fsdp(model, data_parallel_mesh(ctx))(model)
         return model
     if layout.ddp:
         from torch.nn.parallel import DistributedDataParallel
@@ -146,9 +173,10 @@ def reshard(model: nn.Module) -> None:
     the root's gathered): memory is freed, and checkpoints and optimizers see the sharded parameters."""
     from torch.distributed.fsdp import FSDPModule
 
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
+    for root in [model, *getattr(model, "stage_modules", ())]:  # a pipeline's stages are FSDP2 roots of their own
+        for module in root.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 @contextlib.contextmanager
@@ -172,18 +200,6 @@ def gradient_sync(module: nn.Module, enabled: bool):
         yield
 
 
-def clip_grad_norm_(parameters, max_norm: float) -> float:
-    """torch's clip_grad_norm_, with the norm taken over all shards (a DTensor norm made whole first)."""
-    parameters = list(parameters)
-    grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads, 2.0)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()
-    if math.isfinite(max_norm):  # no clipping (train.grad_clip: null): the norm alone, for the finite check
-        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
-    return float(total)
-
-
 def loss_context(ctx: DistContext):
     """Under tensor parallelism the loss is computed on vocabulary shards (forward and backward)."""
     if ctx.layout.tp > 1:
@@ -191,9 +207,3 @@ def loss_context(ctx: DistContext):
 
         return loss_parallel()
     return contextlib.nullcontext()
-
-
-def scalar(t: torch.Tensor) -> float:
-    """A loss as a Python float (a replicated DTensor under tensor parallelism)."""
-    t = t.detach()
-    return float(t.full_tensor() if isinstance(t, DTensor) else t)

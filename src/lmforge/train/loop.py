@@ -30,8 +30,9 @@ from lmforge.core.metrics import MetricsLog
 from lmforge.core.progress import info, track
 from lmforge.data.packing import TokenShards
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.parallelize import clip_grad_norm_, gradient_sync, loss_context, parallelize, reshard, scalar
-from lmforge.errors import CheckpointError, TrainingError
+from lmforge.distributed.gradients import clip_grad_norm_, scalar
+from lmforge.distributed.parallelize import gradient_sync, loss_context, parallelize, reshard
+from lmforge.errors import CheckpointError, RecipeError, TrainingError
 from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
@@ -110,6 +111,7 @@ class Trainer:
     key: dict  # the resume key every checkpoint records
     loss_fn: LossFn
     batches: BatchSource | None = None
+    parameters: int = 0  # of the whole model (a pipeline stage's process holds part of it)
 
     @property
     def tokens_per_step(self) -> int:
@@ -147,15 +149,15 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
     counters = restore(run, t, resume)
     start = counters.step
     if start >= tc.max_steps:
-        return {"steps": start, "resumed_from": start, "parameters": count_parameters(t.model)}
+        return {"steps": start, "resumed_from": start, "parameters": t.parameters}
     metrics = MetricsLog(run.metrics, enabled=t.ctx.is_main, keep_through_step=start)
     meter = ThroughputMeter(t, tc.peak_tflops)
 
     def validate(step: int) -> dict:
         budget = dict(batch_size=cfg.eval.batch_size, max_windows=tc.eval_batches * cfg.eval.batch_size,
                       device=t.ctx.device, ctx=t.ctx)
-        if t.batches is None:
-            result = evaluate_loss(t.model, t.val_data, t.seq_len, **budget)
+        if t.batches is None:  # a pipeline's stages run the forward through its schedule
+            result = evaluate_loss(t.wrapped if is_pipeline(t.wrapped) else t.model, t.val_data, t.seq_len, **budget)
         else:
             result = t.batches.evaluate(t.model, t.seq_len, **budget)
         reshard(t.model)  # FSDP2: a forward without backward leaves the root's parameters gathered
@@ -166,7 +168,7 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
             on_eval(step, result)
         return result
 
-    info(f"training {count_parameters(t.model):,} parameters for {tc.max_steps} steps with {tc.optimizer} "
+    info(f"training {t.parameters:,} parameters for {tc.max_steps} steps with {tc.optimizer} "
          f"({tc.precision}): {tc.batch_size} x {t.seq_len} tokens per step, {t.plan.accumulation} micro-batch(es) "
          f"of {t.plan.micro_batch_size} per data-parallel rank, {t.ctx.layout.describe()} on {t.ctx.device}")
     last_loss = float("nan")
@@ -210,7 +212,7 @@ def _train(run: RunDir, cfg: RunConfig, ctx: DistContext, *, resume: bool, on_ev
         "final_loss": last_loss,
         "skipped_steps": counters.skipped_total,
         "tokens_per_s": meter.tokens_per_s(),
-        "parameters": count_parameters(t.model),
+        "parameters": t.parameters,
     }
 
 
@@ -227,7 +229,12 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
     policy = precision_policy(tc.precision, device)
     ctx = ctx.with_layout(check_layout(cfg, ctx.world_size, dims, seq_len))  # device mesh of the checked degrees
     layout = ctx.layout
-    micro = plan_micro_batch(tc, dims, seq_len, layout, device)  # refuses what cannot fit, before any work
+    if layout.pp > 1 and (loss_fn is not lm_loss or adapt is not None or trainable is not None or batches is not None):
+        raise RecipeError(f"parallel.pp={layout.pp}: pipeline parallelism trains the language-model objective of "
+                          "`lmforge train` only (no fine-tuning objectives, adapters, frozen parts or adversarial "
+                          "training); use parallel.dp_shard or parallel.tp")
+    # refuses what cannot fit, before any work; a pipeline splits each batch into parallel.pp_microbatches
+    micro = plan_micro_batch(tc, dims, seq_len, layout, device) if layout.pp == 1 else None
     model = build_model(cfg, train_data.vocab_size, device)
     if init_from is not None:
         load_initial_weights(model, init_from)
@@ -236,7 +243,10 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
     if trainable is not None:
         for name, p in model.named_parameters():
             p.requires_grad_(trainable(name, p))
-    wrapped = parallelize(model, ctx, tc)  # tensor parallel, checkpointing/compile, FSDP2 or DDP: from outside
+    parameters = count_parameters(model)
+    wrapped = parallelize(model, ctx, tc, cfg.parallel)  # pipeline, tensor parallel, checkpointing/compile, FSDP2 or DDP
+    if is_pipeline(wrapped):
+        model = wrapped.parts  # this process's stages: what the optimizer steps and checkpoints hold
     if micro is not None and device.type == "cuda" and tc.micro_batch_size == "auto" and not layout.sharded:
         micro = probe_micro_batch(lambda m: _probe(model, policy, m, seq_len, device), micro,
                                   [m for m in range(1, micro + 1) if tc.batch_size // layout.dp % m == 0])
@@ -245,7 +255,14 @@ def setup(run: RunDir, cfg: RunConfig, ctx: DistContext, *, loss_fn: LossFn = lm
     optimizer = build_optimizer(model, tc)
     digest = shards_digest(train_data) if batches is None else batches.digest
     key = resume_key(cfg, dims, seq_len, digest, None if init_from is None else str(init_from)) | (variant or {})
-    return Trainer(cfg, ctx, source, val_data, seq_len, policy, model, wrapped, plan, optimizer, key, loss_fn, batches)
+    return Trainer(cfg, ctx, source, val_data, seq_len, policy, model, wrapped, plan, optimizer, key, loss_fn, batches,
+                   parameters)
+
+
+def is_pipeline(wrapped: nn.Module) -> bool:
+    from lmforge.distributed.pipeline import Pipeline
+
+    return isinstance(wrapped, Pipeline)
 
 
 def load_initial_weights(model: Decoder, source: str | Path) -> None:
@@ -360,6 +377,8 @@ def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer, plan
     for group in optimizer.param_groups:
         group["lr"] = lr
     micro_batches = plan.micro_batches(step)
+    if is_pipeline(wrapped):  # the schedule splits the batch into parallel.pp_microbatches itself
+        return _pipeline_step(wrapped, optimizer, data.windows(micro_batches[0], seq_len), grad_clip, ctx, policy)
     loss_sum = 0.0
     for i, indices in enumerate(micro_batches):
         batch = torch.from_numpy(data.windows(indices, seq_len)).to(ctx.device)  # (B, T+1) windows
@@ -377,6 +396,20 @@ def train_step(wrapped: torch.nn.Module, model: torch.nn.Module, optimizer, plan
     optimizer.zero_grad(set_to_none=True)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize(ctx.device)
+    return loss, grad_norm, finite
+
+
+def _pipeline_step(pipe, optimizer, windows: np.ndarray, grad_clip: float | None, ctx: DistContext,
+                   policy: PrecisionPolicy) -> tuple[float, float, bool]:
+    """``train_step`` through a pipeline: the schedule's forward and backward over the micro-batches; only the
+    last stage's processes hold the loss, and the gradient norm is summed over the stages."""
+    with policy.autocast():
+        loss_sum = pipe.forward_backward(torch.from_numpy(windows).to(ctx.device))
+    loss = ctx.all_reduce_sum([loss_sum])[0] / ctx.layout.stage_size  # the last stage's tp ranks hold the same loss
+    grad_norm = pipe.clip_grad_norm_(grad_clip or float("inf"))
+    finite = not ctx.any(not (math.isfinite(loss) and math.isfinite(grad_norm)))
+    policy.step(optimizer, apply=finite)
+    optimizer.zero_grad(set_to_none=True)
     return loss, grad_norm, finite
 
 

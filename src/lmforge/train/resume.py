@@ -33,6 +33,15 @@ def check_layout(cfg: RunConfig, world_size: int, dims: ModelDims, seq_len: int)
     if tc.adversarial is not None and layout.tp > 1:  # the embeddings' output is a DTensor there
         raise RecipeError(f"adversarial training does not run under tensor parallelism (parallel.tp="
                           f"{layout.tp}); use data parallelism or FSDP")
+    if layout.pp > 1:
+        if tc.adversarial is not None:
+            raise RecipeError(f"adversarial training does not run under pipeline parallelism (parallel.pp={layout.pp})")
+        if tc.eval_tasks:
+            raise RecipeError(f"train.eval_tasks are scored on the whole model in one process; not under pipeline "
+                              f"parallelism (parallel.pp={layout.pp})")
+        if isinstance(tc.micro_batch_size, int):
+            raise RecipeError(f"train.micro_batch_size={tc.micro_batch_size}: under pipeline parallelism each batch is "
+                              "split into parallel.pp_microbatches instead")
     return layout
 
 

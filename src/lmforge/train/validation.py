@@ -11,7 +11,7 @@ from torch import nn
 
 from lmforge.data.packing import TokenShards
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.parallelize import scalar
+from lmforge.distributed.gradients import scalar
 
 
 @torch.no_grad()
@@ -41,8 +41,9 @@ def evaluate_loss(model: nn.Module, shards: TokenShards, seq_len: int, *, batch_
             loss_sum += scalar(loss) * n
             tokens += n
     model.train(was_training)
-    # the tp ranks of a data-parallel rank hold the same sums: count them once
-    loss_sum, tokens = (v / ctx.layout.tp for v in ctx.all_reduce_sum([loss_sum, float(tokens)]))
+    # the tp ranks of a data-parallel rank, and a pipeline's stages, hold the same sums: count them once
+    copies = ctx.layout.tp * ctx.layout.pp
+    loss_sum, tokens = (v / copies for v in ctx.all_reduce_sum([loss_sum, float(tokens)]))
     if tokens == 0:
         return {"loss": float("nan"), "perplexity": float("nan"), "bits_per_byte": float("nan"), "tokens": 0}
     loss = loss_sum / tokens

@@ -31,7 +31,7 @@ from torch import nn
 from lmforge.checkpoint.load import classifier_ids
 from lmforge.data.tokenizer import read_tokenizer
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.parallelize import scalar
+from lmforge.distributed.gradients import scalar
 from lmforge.errors import DataError, FinetuneError
 from lmforge.evaluate.builtin_tasks import make_builtin_tasks
 from lmforge.evaluate.task_eval import choice_outcome, summarize

@@ -23,7 +23,7 @@ from torch import nn
 
 from lmforge.data.tokenizer import read_tokenizer
 from lmforge.distributed.context import DistContext
-from lmforge.distributed.parallelize import scalar
+from lmforge.distributed.gradients import scalar
 from lmforge.errors import DataError, FinetuneError
 from lmforge.evaluate.task_examples import read_task_records
 from lmforge.model.fused_ops import IGNORE_INDEX

@@ -92,24 +92,24 @@ def test_plain_data_parallelism_keeps_muon_and_fp16():
 
 @pytest.mark.parametrize("layout", [Layout(dp_replicate=4), Layout(dp_shard=4), Layout(tp=4),
                                     Layout(dp_shard=2, tp=2), Layout(dp_replicate=2, tp=2),
-                                    Layout(dp_replicate=2, dp_shard=2, tp=2)])
+                                    Layout(dp_replicate=2, dp_shard=2, tp=2), Layout(dp_shard=2, pp=2)])
 def test_batches_are_split_over_data_ranks_and_shared_within_tp_groups(layout):
-    # the coordinates follow init_device_mesh's row-major layout of the ranks over (dp_replicate, dp_shard, tp)
-    grid = torch.arange(layout.world_size).reshape(layout.dp_replicate, layout.dp_shard, layout.tp)
+    # the coordinates follow init_device_mesh's row-major layout of the ranks over (pp, dp_replicate, dp_shard, tp)
+    grid = torch.arange(layout.world_size).reshape(layout.pp, layout.dp_replicate, layout.dp_shard, layout.tp)
     for rank in range(layout.world_size):
         assert int(grid[layout.coordinate(rank)]) == rank
-        assert layout.data_rank(rank) == layout.coordinate(rank)[0] * layout.dp_shard + layout.coordinate(rank)[1]
+        assert layout.data_rank(rank) == layout.coordinate(rank)[1] * layout.dp_shard + layout.coordinate(rank)[2]
 
     batch, micro = 8, 1
     plans = [BatchPlan(37, batch, seed=5, rank=layout.data_rank(r), world_size=layout.dp,
                        micro_batch_size=micro if batch // layout.dp > 1 else None) for r in range(layout.world_size)]
     for step in (0, 3, 4, 9):  # 37 windows: steps 4 and 9 cross an epoch boundary
         seen = {r: np.concatenate(plans[r].micro_batches(step)) for r in range(layout.world_size)}
-        for r in range(layout.world_size):  # the tp ranks of one data-parallel rank: the same windows
+        for r in range(layout.world_size):  # the tp ranks (and stages) of one data-parallel rank: the same windows
             group = [q for q in range(layout.world_size) if layout.data_rank(q) == layout.data_rank(r)]
-            assert len(group) == layout.tp
+            assert len(group) == layout.tp * layout.pp
             assert all(np.array_equal(seen[q], seen[r]) for q in group)
-        per_dp = [seen[r] for r in range(0, layout.world_size, layout.tp)]
+        per_dp = [seen[r] for r in range(0, layout.stage_size, layout.tp)]
         together = np.concatenate(per_dp)
         assert len(together) == batch  # nothing lost, nothing read twice
         assert np.array_equal(together, plans[0].global_indices(step))
