@@ -9,6 +9,7 @@ excluded). MFU = training FLOPs per token (6N + attention, ``training_flops_per_
 
     bench/gpu_check.sh                                   # every GPU of this machine (torchrun, NCCL)
     bench/gpu_check.sh --size 1b --batch 4 --seq 2048    # the 1b class
+    bench/gpu_check.sh --size 1b --pp 2 --microbatches 8 # pipeline parallel: 2 stages (1f1b), FSDP2 over the rest
     python bench/gpu_check.py --dry-run                  # CPU, gloo, debug model, no compile: the script works
 
 Not part of the tests' requirements: CI has no GPU (a test runs the ``--dry-run`` path on CPU).
@@ -34,6 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s per device (default: lmforge's GPU table)")
+    p.add_argument("--pp", type=int, default=1, help="pipeline stages (parallel.pp); FSDP2 over GPUs / pp")
+    p.add_argument("--schedule", default="1f1b", help="parallel.pp_schedule with --pp")
+    p.add_argument("--microbatches", type=int, help="parallel.pp_microbatches with --pp (default: the stages)")
     p.add_argument("--dry-run", action="store_true", help="CPU + gloo, debug model, 3 steps, no compile")
     args = p.parse_args(argv)
     if args.dry_run:
@@ -61,7 +65,8 @@ def main(argv=None) -> None:
     from lmforge.core.device import peak_flops
     from lmforge.distributed.context import DistContext
     from lmforge.distributed.layout import Layout, build_mesh
-    from lmforge.distributed.parallelize import apply_fsdp
+    from lmforge.distributed.config import ParallelConfig
+    from lmforge.distributed.parallelize import apply_fsdp, parallelize
     from lmforge.train.measure import RandomWindows
     from lmforge.model.config import ModelConfig
     from lmforge.model.decoder import Decoder, count_parameters, training_flops_per_token
@@ -82,18 +87,29 @@ def main(argv=None) -> None:
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")
     dist.init_process_group("gloo" if device.type == "cpu" else "nccl")
-    layout = Layout(dp_shard=world)
+    if world % args.pp:
+        raise SystemExit(f"gpu_check: --pp {args.pp} does not divide the {world} processes")
+    layout = Layout(dp_shard=world // args.pp, pp=args.pp)
     ctx = DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device, layout=layout,
                       mesh=build_mesh(layout, device.type))
 
     dims = ModelConfig(size=args.size).dims(args.vocab)
-    train_cfg = TrainConfig(batch_size=args.batch * world, seq_len=args.seq, precision="bf16",
+    data_ranks = world // args.pp
+    train_cfg = TrainConfig(batch_size=args.batch * data_ranks, seq_len=args.seq, precision="bf16",
                             compile=not args.no_compile, activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
     with torch.device(device):
         model = Decoder(dims)
-    apply_memory_options(model, train_cfg)  # what parallelize() does for parallel.dp_shard = GPUs, also on one GPU
-    apply_fsdp(model, ctx.mesh["dp_shard"])
+    wrapped = model
+    if args.pp > 1:  # what lmforge train does for parallel.pp (parallel.dp_shard = the rest)
+        pcfg = ParallelConfig(pp=args.pp, dp_replicate=1, dp_shard=data_ranks, pp_schedule=args.schedule,
+                              pp_microbatches=args.microbatches)
+        wrapped = parallelize(model, ctx, train_cfg, pcfg)
+        model = wrapped.parts
+    else:
+        apply_memory_options(model, train_cfg)  # what parallelize() does for parallel.dp_shard = GPUs, also on one GPU
+        apply_fsdp(model, ctx.mesh["dp_shard"])
+    parameters = count_parameters(dims)
     optimizer = build_optimizer(model, train_cfg)
     policy = precision_policy("bf16", device)
     plan = BatchPlan(1 << 20, train_cfg.batch_size, 0, ctx.dp_rank, ctx.dp_size)
@@ -102,7 +118,7 @@ def main(argv=None) -> None:
     times, losses = [], []
     for step in range(args.warmup + args.steps):
         start = time.perf_counter()
-        loss, _, _ = train_step(model, model, optimizer, plan, data, step, args.seq, 3e-4, 1.0, ctx, policy)
+        loss, _, _ = train_step(wrapped, model, optimizer, plan, data, step, args.seq, 3e-4, 1.0, ctx, policy)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
         losses.append(loss)
@@ -115,7 +131,7 @@ def main(argv=None) -> None:
         memory = (f", peak memory {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB"
                   if device.type == "cuda" else "")
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu (dry run)"
-        print(f"gpu_check: {args.size} ({count_parameters(model) / 1e6:.1f}M parameters), FSDP2 x{world} on {name}, "
+        print(f"gpu_check: {args.size} ({parameters / 1e6:.1f}M parameters), {layout.describe()} on {name}, "
               f"bf16, {'eager' if args.no_compile else 'compiled'}, {args.batch} x {args.seq} tokens per GPU per step, "
               f"torch {torch.__version__}")
         print(f"gpu_check: loss {losses[0]:.3f} -> {losses[-1]:.3f}; median step {step_time * 1e3:.1f} ms over "

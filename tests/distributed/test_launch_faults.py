@@ -89,11 +89,12 @@ def test_two_agents_on_loopback_form_one_job(debug_data_run, parallel_reference,
     assert len(list((run / "train" / "checkpoints" / "step_00000010").glob("shard-*.safetensors"))) >= 2
 
 
-def test_gpu_check_dry_run_on_cpu():
+@pytest.mark.parametrize("extra, layout", [((), "FSDP2 x2 (2 processes)"), (("--pp", "2"), "PP x2 (2 processes)")])
+def test_gpu_check_dry_run_on_cpu(extra, layout):
     env = dict(os.environ, NGPU="2", PYTHON=sys.executable)
-    done = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--dry-run", *extra], env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("gpu_check:")]
-    assert "FSDP2 x2 on cpu (dry run), bf16" in lines[0]
+    assert f"{layout} on cpu (dry run), bf16" in lines[0]
     assert "tokens/s" in lines[-1] and "MFU n/a" in lines[-1]

@@ -120,9 +120,14 @@ def _settled(module: nn.Module, inputs, output: DTensor) -> DTensor:
     return output.clone()
 
 
-def apply_fsdp(model: nn.Module, dp_mesh, roots: list[nn.Module] | None = None):
-    """``fully_shard`` every block, then the root: ``model`` itself, or the ``roots`` given (pipeline stages;
-    None: returned as a function that wraps them later)."""
+def apply_fsdp(model: nn.Module, dp_mesh) -> None:
+    """``fully_shard`` every block, then the model at the root."""
+    shard_blocks(model, dp_mesh)(model)
+
+
+def shard_blocks(model: nn.Module, dp_mesh):
+    """``fully_shard`` every block of ``model``; returns the function that wraps a root (the model itself, or
+    each pipeline stage of it) with the same placements."""
     from torch.distributed.fsdp import fully_shard
 
     fused = {id(p) for name, p in model.named_parameters() if parts_of(clean_name(name), model.dims)}
@@ -152,14 +157,14 @@ def parallelize(model: nn.Module, ctx: DistContext, train: TrainConfig, pipeline
             if layout.tp > 1:
                 apply_tensor_parallel(parts, mesh["tp"])
             apply_memory_options(parts, train, tensor_parallel=layout.tp > 1, head=False)
-            return apply_fsdp(parts, data_parallel_mesh(ctx)) if layout.fsdp else None
+            return shard_blocks(parts, data_parallel_mesh(ctx)) if layout.fsdp else None
 
         return build_pipeline(model, ctx, pipeline, within)
     if layout.tp > 1:
         apply_tensor_parallel(model, mesh["tp"])
     apply_memory_options(model, train, tensor_parallel=layout.tp > 1)
     if layout.fsdp:
-        apply_fsdp(model, data_parallel_mesh(ctx))(model)
+        apply_fsdp(model, data_parallel_mesh(ctx))
         return model
     if layout.ddp:
         from torch.nn.parallel import DistributedDataParallel

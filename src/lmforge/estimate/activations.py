@@ -33,6 +33,7 @@ class StepShape:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     device: str = "cpu"  # cpu | cuda
     tp: int = 1  # tensor-parallel degree (with sequence parallelism, as torchtitan)
+    logits_loss: bool = False  # the loss over whole logits (a pipeline's last stage), not the fused one
 
     @property
     def tokens(self) -> int:
@@ -162,7 +163,7 @@ def loss_memory(s: StepShape) -> dict[str, int]:
     N, C, V = s.tokens, d.d_model, d.vocab_size // s.tp
     c = s.compute_bytes
     final_norm = N * (C * FP32 + FP32) + (N * C * FP32 if s.plain else 0)
-    if not s.plain:
+    if not (s.plain or s.logits_loss):
         # fused chunked linear + cross-entropy: gradients of x (N, C) and of the head (V, C) computed in
         # forward; one chunk of logits (rows, V) reused; per-row scale, mask and targets
         rows = min(loss_chunk_rows(V), N)  # the loss's own rule, not a copy

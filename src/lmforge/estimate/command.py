@@ -23,9 +23,11 @@ from lmforge.command import common_options, resolve
                                      "leaves).")
 @click.option("--fsdp", type=int, help="FSDP (sharded data parallel) degree (default: parallel.dp_shard).")
 @click.option("--tp", type=int, help="Tensor-parallel degree (default: parallel.tp).")
-@click.option("--world-size", type=int, help="Devices in all (default: dp * fsdp * tp).")
+@click.option("--pp", type=int, help="Pipeline stages (default: parallel.pp): adds each pipeline rank's memory and "
+                                     "the schedule's bubble.")
+@click.option("--world-size", type=int, help="Devices in all (default: pp * dp * fsdp * tp).")
 def estimate(recipe, overrides, run_dir, as_json, device, gpu, device_memory_gb, peak_tflops, mfu, dp, fsdp, tp,
-             world_size):
+             pp, world_size):
     """Parameters, training FLOPs, memory per device and step time of RECIPE, before any training.
 
     Memory is broken down into weights, gradients, optimizer state, activations (with and without
@@ -58,9 +60,11 @@ def estimate(recipe, overrides, run_dir, as_json, device, gpu, device_memory_gb,
             if peak is None:
                 raise RecipeError(f"--gpu {name}: not in the peak FLOP/s table; give --peak-tflops")
             peak_source = f"{name} {cfg.train.precision} dense peak"
-    dp, fsdp, tp = recipe_degrees(cfg, dp, fsdp, tp, world_size)
+    pp = cfg.parallel.pp if pp is None else pp
+    dp, fsdp, tp = recipe_degrees(cfg.model_copy(update={"parallel": cfg.parallel.model_copy(update={"pp": max(pp, 1)})}),
+                                  dp, fsdp, tp, world_size)
     report = build_report(cfg, vocab, device=device, memory_bytes=memory, peak_flops=peak, mfu=mfu, dp=dp,
-                          fsdp=fsdp, tp=tp, world_size=world_size)
+                          fsdp=fsdp, tp=tp, world_size=world_size, pp=pp)
     report.update(vocab_source=vocab_source, memory_source=memory_source, peak_source=peak_source)
     if as_json:
         click.echo(json.dumps(report, indent=1))
@@ -155,3 +159,23 @@ def render(r: dict) -> None:
                       f"{ac}: micro-batch up to {fit['largest']}; of the per-device batch of {r['per_device_batch']}, "
                       f"micro-batch {fit['largest_divisor']} x {fit['accumulation']} accumulation step(s) "
                       f"(train.micro_batch_size=auto picks this)")
+    if r.get("pipeline"):
+        render_pipeline(console, r["pipeline"])
+
+
+def render_pipeline(console, p: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"pipeline: {p['pp']} stages x {p['virtual_stages']} per process, {p['schedule']}, "
+                        f"{p['microbatches']} micro-batches of {p['microbatch_rows']}; bubble {p['bubble']:.1%} of "
+                        "each step" + (" at most" if p["schedule"] == "zero_bubble" else ""), title_justify="left")
+    for column in ("pipeline rank", "blocks", "parameters", "weights", "gradients", "optimizer state",
+                   "micro-batches in flight", "activations", "peak"):
+        table.add_column(column, justify="right")
+    for rank in p["ranks"]:
+        blocks = rank["blocks"]
+        table.add_row(str(rank["rank"]), f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 else str(blocks[0]),
+                      f"{rank['parameters']:,}", _gib(rank["weights"]), _gib(rank["gradients"]),
+                      _gib(rank["optimizer_state"]), str(rank["in_flight"]), _gib(rank["activations"]),
+                      _gib(rank["peak"]))
+    console.print(table)

@@ -39,13 +39,19 @@ def default_memory_bytes(cfg: RunConfig, device: str) -> tuple[int | None, str]:
 
 
 def build_report(cfg: RunConfig, vocab_size: int, *, device: str, memory_bytes: int | None, peak_flops: float | None,
-                 mfu: float, dp: int | None = None, fsdp: int = 1, tp: int = 1, world_size: int | None = None) -> dict:
+                 mfu: float, dp: int | None = None, fsdp: int = 1, tp: int = 1, world_size: int | None = None,
+                 pp: int = 1) -> dict:
     tc = cfg.train
     dims = cfg.model.dims(vocab_size)
     seq_len = sequence_length(cfg.train, dims.context_length)
     if not 0 < mfu <= 1:
         raise RecipeError(f"--mfu: must be in (0, 1], got {mfu}")
-    par = resolve_parallel(dims, tc.batch_size, dp=dp, fsdp=fsdp, tp=tp, world_size=world_size)
+    if pp < 1:
+        raise RecipeError(f"--pp: must be at least 1 (got {pp})")
+    if world_size is not None and world_size % pp:
+        raise RecipeError(f"--pp {pp} does not divide the world size {world_size}")
+    par = resolve_parallel(dims, tc.batch_size, dp=dp, fsdp=fsdp, tp=tp,
+                           world_size=None if world_size is None else world_size // pp)
     per_rank = tc.batch_size // par.dp
     micro = tc.micro_batch_size if isinstance(tc.micro_batch_size, int) else per_rank
     if per_rank % micro:
@@ -68,13 +74,25 @@ def build_report(cfg: RunConfig, vocab_size: int, *, device: str, memory_bytes: 
                 f"{one.device_total / GIB:.2f} GiB per device ({tc.precision}, activation checkpointing "
                 f"{'on' if tc.activation_checkpointing else 'off'}), more than the {memory_bytes / GIB:.2f} GiB given")
     compute = estimate_compute(dims, seq_len=seq_len, batch_size=tc.batch_size, peak_flops=peak_flops, mfu=mfu,
-                               devices=par.world_size, activation_checkpointing=tc.activation_checkpointing)
+                               devices=par.world_size * pp, activation_checkpointing=tc.activation_checkpointing)
+    pipeline = None
+    if pp > 1:
+        from lmforge.distributed.layout import Layout, check_pipeline
+        from lmforge.estimate.pipeline import estimate_pipeline
+
+        layout = Layout(dp_replicate=par.dp_replicate, dp_shard=par.dp_shard, tp=par.tp, pp=pp)
+        pcfg = cfg.parallel.model_copy(update={"pp": pp})
+        check_pipeline(pcfg, layout, dims=dims, batch_size=tc.batch_size)
+        pipeline = estimate_pipeline(dims, pcfg, layout, per_rank_batch=per_rank, seq_len=seq_len,
+                                     optimizer=tc.optimizer, momentum=momentum_of(tc), precision=tc.precision,
+                                     activation_checkpointing=tc.activation_checkpointing, device=device)
     return {
         "recipe": cfg.name, "model": {"size": cfg.model.size, **dims.to_dict()}, "device": device,
         "seq_len": seq_len, "batch_size": tc.batch_size, "micro_batch_size": micro, "per_device_batch": per_rank,
         "optimizer": tc.optimizer, "precision": tc.precision, "activation_checkpointing": tc.activation_checkpointing,
         "parallel": {"dp": par.dp_replicate, "fsdp": par.dp_shard, "tp": par.tp, "world_size": par.world_size},
         "compute": compute.as_dict(), "memory": table, "memory_available": memory_bytes, "fit": fit,
+        **({"pipeline": pipeline} if pipeline else {}),
     }
 
 
