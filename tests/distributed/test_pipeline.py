@@ -113,3 +113,29 @@ def test_pipeline_checkpoint_resumes_on_one_process(pipeline_runs, parallel_refe
     assert [(s, f) for s, f, _ in resumed_checkpoints(run, pipeline_runs / "1f1b")] == [(5, DCP_FORMAT),
                                                                                        (10, "safetensors")]
     assert_losses_match(run, parallel_reference)
+
+
+MEMORY_CASES = [  # the tiny model (6 blocks), 8 x 128 tokens per step
+    {"parallel": {"pp": 2}, "checkpointing": False},
+    {"parallel": {"pp": 2, "pp_schedule": "gpipe", "pp_microbatches": 4}, "checkpointing": False},
+    {"parallel": {"pp": 2, "pp_schedule": "interleaved_1f1b", "pp_split": "parameters", "pp_microbatches": 4},
+     "checkpointing": False},
+    {"parallel": {"pp": 2}, "checkpointing": True},
+]
+
+
+def test_estimated_memory_per_stage_is_within_15_percent_of_measured(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cases = [dict(case, size="tiny", vocab=4096, batch=8, seq=128) for case in MEMORY_CASES]
+    spec, out = tmp_path / "cases.json", tmp_path / "measured.json"
+    spec.write_text(json.dumps(cases))
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           str(Path(__file__).with_name("pipeline_memory.py")), str(spec), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for case, ranks in zip(MEMORY_CASES, json.loads(out.read_text())):
+        for r in ranks:
+            assert abs(r["estimated"] / r["measured"] - 1) <= 0.15, (case, r)

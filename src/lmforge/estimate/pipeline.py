@@ -65,7 +65,8 @@ def estimate_pipeline(dims: ModelDims, pcfg: ParallelConfig, layout: Layout, *, 
                 state += _state_numbers(optimizer, name, shape, momentum) // split
         chunks = in_flight(pcfg.pp_schedule, r, pp, virtual, micro)
         per_chunk = kept * len(blocks) // len(mine) + 2 * boundary
-        activations = chunks * per_chunk + (loss["saved"] + loss["backward"] if last else 0)
+        recompute = sum(block_saved(s).values()) if activation_checkpointing else 0  # a block's forward run again
+        activations = chunks * per_chunk + recompute + (loss["saved"] + loss["backward"] if last else 0)
         weights = params * FP32
         ranks.append({"rank": r, "stages": mine, "blocks": sorted(blocks), "parameters": params,
                       "weights": weights, "gradients": weights, "optimizer_state": state * FP32,
