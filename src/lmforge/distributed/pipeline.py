@@ -176,8 +176,12 @@ def pipeline_loss(tp_mesh=None):
 def build_pipeline(model: Decoder, ctx: DistContext, pcfg: ParallelConfig, apply_within) -> Pipeline:
     """Split ``model`` into this process's stages; ``apply_within(parts)`` applies tensor parallelism and
     the memory options to the parts, and returns the FSDP2 wrapper for the stage modules (or None)."""
+    import warnings
+
     from torch.distributed.pipelining import PipelineStage
 
+    # under FSDP2 x TP a stage returns its DTensor's local tensor, a view; the schedule only sends it (no in-place op)
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPStageModule\) returned a view tensor")
     layout = ctx.layout
     virtual = virtual_stages(pcfg.pp_schedule, pcfg.pp_virtual_stages)
     n_stages = layout.pp * virtual
