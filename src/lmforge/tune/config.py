@@ -129,7 +129,8 @@ class TuneConfig(StrictModel):
                                  description="trials in the whole study (all workers); default 20, grid: every point")
     max_tokens: int | None = Field(default=None, ge=1,
                                    description="stop starting trials once this many training tokens are spent")
-    storage: str | None = Field(default=None, description="SQLAlchemy URL; default sqlite in <run>/tune/study.db")
+    storage: str | None = Field(default=None, description="SQLAlchemy URL shared by every worker (e.g. "
+                                "postgresql://user@host/optuna); default sqlite in <run>/tune/study.db")
     study_name: str | None = Field(default=None, description="default: the recipe's name")
     heartbeat_s: int = Field(default=10, ge=1,
                              description="a RUNNING trial without a heartbeat for 2x this long is failed and retried")

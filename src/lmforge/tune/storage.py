@@ -5,12 +5,18 @@ SQLite is put in WAL mode with a long lock timeout so that several worker proces
 write to it. Every running trial records a heartbeat; a RUNNING trial whose heartbeat is older than
 twice ``tune.heartbeat_s`` (its process was killed) is marked FAIL and its parameters are queued again,
 once, so a rerun finishes it instead of losing it.
+
+On PostgreSQL, processes that start together (on several machines) take turns, through an advisory lock,
+at creating the tables, the study and the grid queue, and at claiming their worker numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import json
+import re
 import sqlite3
 import threading
 import warnings
@@ -22,10 +28,21 @@ from lmforge.recipe import RunConfig
 CONNECT_TIMEOUT_S = 5
 SQLITE_LOCK_TIMEOUT_S = 120
 FINGERPRINT_ATTR = "lmforge_fingerprint"
+WORKERS_ATTR = "lmforge_workers"  # worker numbers handed out so far, over every process that joined the study
+SERVERS = ("postgresql", "mysql", "mariadb")
+SETUP_LOCK_KEY = 0x6C6D666F7267  # "lmforge": the PostgreSQL advisory lock taken while a process joins a study
 
 
 def storage_url(cfg: RunConfig, tune_dir: Path) -> str:
-    return cfg.tune.storage or f"sqlite:///{(Path(tune_dir) / 'study.db').resolve()}"
+    """tune.storage, or SQLite in the tune directory. ``postgresql://`` (and Heroku's ``postgres://``) get the
+    psycopg 3 driver that ``lmforge[postgresql]`` installs, since SQLAlchemy would otherwise look for psycopg2."""
+    url = cfg.tune.storage
+    if url is None:
+        return f"sqlite:///{(Path(tune_dir) / 'study.db').resolve()}"
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is not None:
+        return f"postgresql+psycopg://{rest}"
+    return url
 
 
 def shown_url(url: str) -> str:
@@ -34,14 +51,14 @@ def shown_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL at all: show it as given
-        return url
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy can read: hide what looks like a password
+        return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
 def _connect_args(url) -> dict:
     if url.get_backend_name() == "sqlite":
         return {"timeout": SQLITE_LOCK_TIMEOUT_S}
-    if url.get_backend_name() in ("postgresql", "mysql", "mariadb"):
+    if url.get_backend_name() in SERVERS:
         return {"connect_timeout": CONNECT_TIMEOUT_S}
     return {}
 
@@ -54,13 +71,17 @@ def check_storage(url: str, timeout_s: float = 2 * CONNECT_TIMEOUT_S) -> None:
     shown = shown_url(url)
     try:
         parsed = make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise TuneError(f"tune.storage: {url!r} is not a database URL (e.g. sqlite:///study.db or "
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise TuneError(f"tune.storage: {shown!r} is not a database URL (e.g. sqlite:///study.db or "
                         "postgresql://user@host/db)") from None
+    if parsed.get_backend_name() in SERVERS and not parsed.database:
+        raise TuneError(f"tune.storage: {shown} names no database; add one at the end (e.g. "
+                        "postgresql://user@host/optuna)")
     try:
         engine = sqlalchemy.create_engine(parsed, connect_args=_connect_args(parsed))
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as exc:
-        raise TuneError(f"tune.storage: {shown}: the database driver is not installed ({exc})") from None
+        hint = "; pip install 'lmforge[postgresql]'" if parsed.get_backend_name() == "postgresql" else ""
+        raise TuneError(f"tune.storage: {shown}: the database driver is not installed ({exc}{hint})") from None
     outcome: list = []
 
     def connect() -> None:
@@ -99,6 +120,41 @@ def open_storage(url: str, heartbeat_s: int):
         return optuna.storages.RDBStorage(
             url, engine_kwargs={"connect_args": _connect_args(parsed), "pool_pre_ping": True},
             heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s, heartbeat_stale_trial_callback=retry)
+
+
+@contextlib.contextmanager
+def setup_lock(url: str):
+    """Held while a process creates or joins a study: on PostgreSQL, a session advisory lock, so that processes
+    starting together neither race at creating the tables (CREATE TABLE is not safe to run concurrently there)
+    nor queue the grid twice nor claim the same worker numbers. SQLite's processes share one machine, where
+    ``--workers`` sets the study up once before they start, so it has no lock."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        yield
+        return
+    engine = sqlalchemy.create_engine(parsed, connect_args=_connect_args(parsed), poolclass=sqlalchemy.pool.NullPool,
+                                      isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:  # the lock goes with this connection, even if the process dies
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SETUP_LOCK_KEY})
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SETUP_LOCK_KEY})
+    finally:
+        engine.dispose()
+
+
+def claim_workers(study, count: int) -> int:
+    """The first of ``count`` worker numbers that no earlier process of this study had (call it inside
+    ``setup_lock``): each worker seeds its sampler with its number, so processes on several machines draw
+    different points, and the report tells their trials apart."""
+    first = int(study.user_attrs.get(WORKERS_ATTR, 0))
+    study.set_user_attr(WORKERS_ATTR, first + count)
+    return first
 
 
 def study_fingerprint(cfg: RunConfig) -> str:

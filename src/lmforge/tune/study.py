@@ -1,6 +1,7 @@
 """A hyperparameter study, top to bottom: check the search space, the strategy and the storage (before any
-work); on the parent run's token shards (made by the pipeline first), create or continue the study; run its trials in this process
-or in N worker processes sharing the storage; write the report."""
+work); on the parent run's token shards (made by the pipeline first), create or continue the study and claim
+worker numbers (in turn with processes on other machines that join it); run its trials in this process or in N
+worker processes sharing the storage; write the report."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
 from lmforge.tune.report import reason, write_report
 from lmforge.tune.space import check_space, grid_points
-from lmforge.tune.storage import check_storage, open_storage, open_study, shown_url, storage_url, study_name
+from lmforge.tune.storage import (check_storage, claim_workers, open_storage, open_study, setup_lock, shown_url,
+                                  storage_url, study_name)
 from lmforge.tune.strategy import build_pruner, build_sampler, check_strategy, planned_trials, queue_grid
 from lmforge.tune.worker import FINISHED, Budget, run_worker
 
@@ -54,19 +56,23 @@ def run_study(run: RunDir, cfg: RunConfig, *, workers: int = 1, tune_dir: Path |
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tune_dir = Path(tune_dir or run.stage_dir("tune"))
     plan = plan or plan_study(cfg, tune_dir)
-    storage = open_storage(plan.url, cfg.tune.heartbeat_s)
-    study = open_study(cfg, storage, plan.url, build_sampler(cfg, 0), build_pruner(cfg), create=True)
-    if plan.grid is not None:
-        queue_grid(study, plan.grid)
+    with setup_lock(plan.url):
+        storage = open_storage(plan.url, cfg.tune.heartbeat_s)
+        study = open_study(cfg, storage, plan.url, None, build_pruner(cfg), create=True)  # sampler: below
+        if plan.grid is not None:
+            queue_grid(study, plan.grid)
+        first = claim_workers(study, workers)
+    study.sampler = build_sampler(cfg, first)  # seeded by the worker number, claimed above
     progress.info(f"tune: study {study_name(cfg)!r} in {shown_url(plan.url)}: {plan.trials} trials, "
                   f"{cfg.tune.sampler.kind} sampler, {cfg.tune.pruner.kind} pruner, {workers} worker(s)")
     with study_view(study, plan.trials) as view:
         if workers == 1:
-            run_worker(study, cfg, plan.order, run, tune_dir, worker=0, budget=Budget(plan.trials, cfg.tune.max_tokens),
-                       queue_only=plan.grid is not None, on_trial_end=view.update)
+            run_worker(study, cfg, plan.order, run, tune_dir, worker=first,
+                       budget=Budget(plan.trials, cfg.tune.max_tokens), queue_only=plan.grid is not None,
+                       on_trial_end=view.update)
             failed = []
         else:
-            failed = _run_worker_processes(run, cfg, tune_dir, workers, view)
+            failed = _run_worker_processes(run, cfg, tune_dir, range(first, first + workers), view)
     summary = write_report(study, cfg, tune_dir, plan.url)
     if failed:
         raise TuneError(f"{len(failed)} worker(s) stopped with an error ({'; '.join(failed)}); the report of the "
@@ -87,14 +93,15 @@ def run_worker_process(run: RunDir, cfg: RunConfig, tune_dir: Path, worker: int)
                       queue_only=plan.grid is not None)
 
 
-def _run_worker_processes(run: RunDir, cfg: RunConfig, tune_dir: Path, workers: int, view) -> list[str]:
-    """Start ``workers`` processes on this machine, show their trials as they finish, wait for them all."""
+def _run_worker_processes(run: RunDir, cfg: RunConfig, tune_dir: Path, workers: range, view) -> list[str]:
+    """Start a process on this machine for each worker number, show their trials as they finish, wait for them
+    all."""
     recipe = tune_dir / "recipe.yaml"
     atomic_write_text(recipe, cfg.to_yaml())
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(workers))))
     procs = []
-    for k in range(workers):
+    for k in workers:
         log = tune_dir / f"worker_{k}.log"
         with open(log, "w") as out:
             cmd = [sys.executable, "-m", "lmforge", "tune", str(recipe), "--run-dir", str(run.root),
