@@ -1,5 +1,5 @@
 """Measured peak of live tensor bytes in each process of a pipeline, next to ``lmforge estimate --pp``'s figure
-for its pipeline rank (torchrun worker; see test_pipeline.py).
+for its pipeline rank (torchrun worker; see test_pipeline_parallel.py).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 pipeline_memory.py CASES.json OUT.json
 
