@@ -3,11 +3,13 @@
 ``data`` holds the sources and every curation step in pipeline order: normalize, strip_control, the
 length filter, ``quality`` rule sets, ``pii`` scrubbing (per document, in parallel shards), then exact
 and ``minhash`` near-duplicate removal (across the corpus), the split, ``augment`` (training split only),
-and the optional ``tabular`` cleaning of a numeric table. See each section's class for its keys.
+and the optional ``tabular`` cleaning of a numeric table; ``executor`` (with ``ray``) says where the
+per-document steps run. See each section's class for its keys.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -84,6 +86,29 @@ class MinHashConfig(StrictModel):
         return self
 
 
+_RAY_ADDRESS = re.compile(r"(ray://)?[^\s:/]+:[0-9]{1,5}")
+
+
+class RayConfig(StrictModel):
+    """``data.executor: ray``: the shards run as Ray tasks on the workers of this cluster.
+
+    ``address``: ``auto`` (the cluster this machine joined with ``ray start``, or ``RAY_ADDRESS``),
+    ``host:port`` (the head node's GCS port, 6379 by default), ``ray://host:port`` (a Ray Client server,
+    needs ``pip install 'ray[client]'``), or null: a Ray instance on this machine alone, started for the run.
+    A task whose worker process or node dies is run again, up to ``max_retries`` times.
+    """
+
+    address: str | None = None
+    max_retries: int = Field(default=3, ge=0, le=100)
+
+    @field_validator("address")
+    @classmethod
+    def _address_form(cls, address: str | None) -> str | None:
+        if address is not None and address != "auto" and not _RAY_ADDRESS.fullmatch(address):
+            raise ValueError("expected auto, host:port or ray://host:port")
+        return address
+
+
 class DataConfig(StrictModel):
     """Curation: read the sources, clean and filter the documents, split them into train and val."""
 
@@ -106,7 +131,11 @@ class DataConfig(StrictModel):
     max_skip_fraction: float = Field(default=0.1, ge=0, le=1)
     # Execution: input files are grouped into shards of about this many MB, run by this many worker
     # processes ("auto": one per CPU core, at most 8); finished shards survive a kill and are reused.
+    # With executor "ray" the shards run as tasks on a Ray cluster (``ray``, pip install lmforge[ray]):
+    # the same files come out; ``workers`` caps the tasks at once ("auto": one per CPU of the cluster).
     workers: int | Literal["auto"] = "auto"
+    executor: Literal["local", "ray"] = "local"
+    ray: RayConfig = Field(default_factory=RayConfig)
     shard_mb: float = Field(default=4.0, gt=0)
     keep_work: bool = False  # keep data/work/ (the per-shard results) after a successful run
     # Reports: data/dropped.jsonl (every dropped document with its step and reason), and

@@ -3,10 +3,11 @@
 
     stats = curate(cfg, seed, run / "data")
 
-The per-document steps run in worker processes over input shards (``executor``); exact and near-duplicate
-removal run here, in corpus order, on digests and signatures; then the kept documents are streamed from
-the shard files into the two splits. A killed run, rerun with the same recipe, reuses the finished
-shards in ``data/work`` and writes byte-identical files; so does a run with another number of workers.
+The per-document steps run in worker processes over input shards (``executor``), or as tasks on a Ray
+cluster (``ray_executor``); exact and near-duplicate removal run here, in the driver, in corpus order, on
+digests and signatures of every shard; then the kept documents are streamed from the shard files into the
+two splits. A killed run, rerun with the same recipe, reuses the finished shards in ``data/work`` and
+writes byte-identical files; so does a run with another number of workers, or on the other executor.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from lmforge.data.augment.apply import Augmenter
 from lmforge.data.config import DataConfig
 from lmforge.data.dedup import CorpusDedup
 from lmforge.data.document import Document
-from lmforge.data.executor import ShardRunner, prepare_work
+from lmforge.data.executor import executor_session, make_runner, prepare_work
 from lmforge.data.progress_bars import StepBars
 from lmforge.data.readers import SourceStats
 from lmforge.data.shard_work import LENGTH_BINS, ShardResult, iter_shard_documents, shard_path
@@ -44,14 +45,15 @@ def curate(cfg: DataConfig, seed: int, out_dir: Path) -> dict:
     shards = plan_shards(cfg)  # resolving every source first: a bad path fails before any work is done
     if cfg.tabular is not None and not Path(cfg.tabular.path).expanduser().is_file():
         raise DataError(f"data.tabular.path: no such file: {cfg.tabular.path}")
-    remove_stale_temporaries(out_dir)  # files a killed run was writing
-    work = out_dir / "work"
-    prepare_work(work, plan_fingerprint(cfg, shards))
-    try:
-        stats = _curate(cfg, seed, out_dir, work, shards)
-    except DataError:
-        shutil.rmtree(work, ignore_errors=True)  # nothing to resume: the recipe or the data must change
-        raise
+    with executor_session(cfg):  # data.executor ray: the cluster must answer, before anything is written
+        remove_stale_temporaries(out_dir)  # files a killed run was writing
+        work = out_dir / "work"
+        prepare_work(work, plan_fingerprint(cfg, shards))
+        try:
+            stats = _curate(cfg, seed, out_dir, work, shards)
+        except DataError:
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume: the recipe or the data must change
+            raise
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return stats
@@ -63,7 +65,7 @@ def _curate(cfg: DataConfig, seed: int, out_dir: Path, work: Path, shards: list)
     bar_names = ["read", *steps, *(["signatures"] if cfg.minhash.enabled else []), *dedup, "write"]
     files_are_documents = all(s.kind in ("python-stdlib", "text", "files") for s in cfg.sources)
     corpus = _Corpus(cfg)
-    with ShardRunner(shards, cfg, work) as runner, \
+    with make_runner(shards, cfg, work) as runner, \
             StepBars(bar_names, sum(len(s.files) for s in shards) if files_are_documents else None) as bars:
         for result in runner.results(bars.advance):
             corpus.add(result)

@@ -1,4 +1,5 @@
 """The local executor: shards run in worker processes, results handed back in shard order, resumable.
+``data.executor: ray`` runs the same shards as Ray tasks instead (``ray_executor``, imported only then).
 
 The work directory (``data/work``) holds each finished shard's files (``shard_work``) and ``plan.json``
 with the plan's fingerprint. A rerun with the same recipe and inputs reuses every finished shard and
@@ -15,12 +16,14 @@ import os
 import queue as queue_module
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmforge.core.atomic import atomic_write_json, remove_stale_temporaries
 from lmforge.data.config import DataConfig
 from lmforge.data.shard_work import ShardResult, is_done, load_shard, process_shard
 from lmforge.data.shards import Shard
+from lmforge.errors import LmforgeError
 
 Progress = Callable[[str, int], None]
 _POLL_SECONDS = 0.2
@@ -42,9 +45,40 @@ def prepare_work(work: Path, fingerprint: str) -> None:
         atomic_write_json(plan, {"fingerprint": fingerprint})
 
 
-def worker_count(cfg: DataConfig, pending: int) -> int:
-    wanted = min(os.cpu_count() or 1, 8) if cfg.workers == "auto" else cfg.workers
+def worker_count(cfg: DataConfig, pending: int, cpus: int | None = None) -> int:
+    """Shards run at once: ``data.workers``, or for "auto" one per CPU (``cpus``: of a cluster; else this
+    machine's, at most 8), never more than there are shards to run."""
+    if cfg.workers != "auto":
+        wanted = cfg.workers
+    else:
+        wanted = min(os.cpu_count() or 1, 8) if cpus is None else cpus
     return max(1, min(wanted, pending))
+
+
+@contextmanager
+def executor_session(cfg: DataConfig) -> Iterator[None]:
+    """Around the whole run: with ``data.executor: ray``, Ray is installed and connected to the cluster (checked
+    before anything is written), and disconnected at the end."""
+    if cfg.executor != "ray":
+        yield
+        return
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise LmforgeError("data.executor: ray needs Ray, which is not installed: pip install lmforge[ray]") from None
+    from lmforge.data.ray_executor import ray_session
+
+    with ray_session(cfg.ray.address):
+        yield
+
+
+def make_runner(shards: list[Shard], cfg: DataConfig, work: Path):
+    """The runner of ``data.executor``: a ``ShardRunner`` or a ``RayShardRunner`` (the same interface)."""
+    if cfg.executor == "ray":
+        from lmforge.data.ray_executor import RayShardRunner
+
+        return RayShardRunner(shards, cfg, work)
+    return ShardRunner(shards, cfg, work)
 
 
 class ShardRunner:

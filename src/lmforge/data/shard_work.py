@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.core.atomic import atomic_open, atomic_write_json, atomic_write_with
+from lmforge.core.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_with
 from lmforge.data.config import DataConfig
 from lmforge.data.document import Document, utf8_len
 from lmforge.data.minhash import MinHasher
@@ -32,8 +32,24 @@ LENGTH_BINS = 32  # histogram bin k counts texts of 2**k to 2**(k+1)-1 UTF-8 byt
 Progress = Callable[[str, int], None]
 
 
+SHARD_FILES = (".jsonl", ".npz", ".dropped.jsonl", ".json")  # in the order written: the done marker last
+
+
 def shard_path(work: Path, index: int, suffix: str) -> Path:
     return work / f"shard_{index:05d}{suffix}"
+
+
+def read_shard_files(work: Path, index: int) -> dict[str, bytes]:
+    """A finished shard's files as bytes, by suffix (to hand them to a process on another machine)."""
+    return {suffix: shard_path(work, index, suffix).read_bytes() for suffix in SHARD_FILES
+            if shard_path(work, index, suffix).exists()}
+
+
+def store_shard_files(work: Path, index: int, files: dict[str, bytes]) -> None:
+    """Write what ``read_shard_files`` gave, each file atomically and the done marker last."""
+    for suffix in SHARD_FILES:
+        if suffix in files:
+            atomic_write_bytes(shard_path(work, index, suffix), files[suffix])
 
 
 def length_bin(size: int) -> int:

@@ -17,7 +17,7 @@ from lmforge.data.readers import resolve_files
 
 # DataConfig keys that do not change what a shard holds (they act after the shards, or on execution).
 _NOT_IN_SHARDS = {"dedup_exact", "val_fraction", "max_documents", "augment", "tabular", "max_skip_fraction",
-                  "workers", "keep_work", "report"}
+                  "workers", "executor", "ray", "keep_work", "report"}
 
 
 @dataclass(frozen=True)
