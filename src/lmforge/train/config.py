@@ -103,6 +103,8 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(default=2, ge=1)
     max_nonfinite_in_row: int = Field(default=5, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    strict: bool = Field(default=False, description="a training split smaller than one batch, or than a few "
+                         "steps' worth, is an error instead of a warning")
     adversarial: AdversarialSettings | None = Field(default=None, description="adversarial training in "
                                                    "embedding space (see AdversarialSettings); default: none")
 

@@ -7,18 +7,23 @@ import json
 
 from lmforge.core.atomic import atomic_write_json
 from lmforge.core.progress import info, set_enabled
+from lmforge.data.stage import warn
 from lmforge.distributed.context import Launch
 from lmforge.distributed.layout import Layout, resolve_layout
 from lmforge.errors import LmforgeError
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
+from lmforge.train.budget import check_budget, loss_rose, rose_message, token_budget, validation_trend
 
 
 def check_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool) -> Layout | None:
     """Before anything is written: the parallel degrees fit the processes. With several processes and the
     token shards already there, the whole layout too, and (``resume``) the checkpoint to resume from, whose
     hashing is then not repeated before the launch (returned layout). A device the recipe names must be there
-    (``train.device: cuda`` without CUDA is refused here, not after the run directory was written)."""
+    (``train.device: cuda`` without CUDA is refused here, not after the run directory was written). A packed
+    training split that cannot feed the run is refused here too (no sequence at all; with ``train.strict``,
+    one smaller than a batch or a few steps' worth); its warning is shown when the stage runs."""
+    check_budget(token_budget(run, cfg), cfg.train.strict)
     if cfg.train.device == "cuda":
         from lmforge.core.device import pick_device
 
@@ -36,7 +41,29 @@ def run_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool, layout:
               eval_extra=None) -> dict:
     """Train in this process, or in ``launch``'s processes through torchrun; returns the summary. ``layout``:
     the check already verified the checkpoint to resume from. ``eval_extra``: the loop's plug point for more
-    figures at each validation (in this process; torchrun's workers build their own, ``lmforge train --worker``)."""
+    figures at each validation (in this process; torchrun's workers build their own, ``lmforge train --worker``).
+    A split too small for the run is refused or warned about first (``check_budget``: the check before it
+    could not see a split that was packed after it ran); a validation loss that ended above the initial
+    model's is flagged: the summary's ``warnings`` and ``val_loss_worse_than_initial``."""
+    budget = token_budget(run, cfg)
+    warning = check_budget(budget, cfg.train.strict)
+    warnings = [warn(f"train: {warning}")] if warning else []
+    summary = _train_processes(run, cfg, launch, resume, layout, eval_extra)
+    if launch.node_rank != 0:
+        return summary
+    trend = validation_trend(run.metrics)
+    rose = trend is not None and loss_rose(*trend)
+    if trend is not None:
+        summary |= {"val_loss_initial": trend[0], "val_loss_final": trend[1]}
+    if rose:
+        warnings.append(warn(f"train: {rose_message(*trend, cfg, budget)}"))
+    if budget is not None:
+        summary |= {"train_tokens": budget.tokens, "epochs": budget.epochs}
+    return summary | {"val_loss_worse_than_initial": rose, "warnings": warnings}
+
+
+def _train_processes(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool, layout: Layout | None,
+                     eval_extra) -> dict:
     if launch.world_size == 1 and launch.max_restarts == 0 and launch.rdzv_endpoint is None:  # in this process
         return train_worker(run, cfg, resume, eval_extra)
     from lmforge.distributed.context import launch_torchrun
