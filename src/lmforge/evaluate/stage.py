@@ -22,6 +22,7 @@ from lmforge.checkpoint.load import (
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
 from lmforge.core.progress import info, track
 from lmforge.data.packing import INDEX, TokenShards, pack_tokens
+from lmforge.data.stage import warn
 from lmforge.data.tokenizer import eos_id_of, load_tokenizer, model_tokenizer, tokenizer_digest
 from lmforge.errors import CheckpointError
 from lmforge.evaluate import task_metrics as tm
@@ -36,6 +37,7 @@ from lmforge.model.ensemble import Ensemble
 from lmforge.model.generate import generate
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
+from lmforge.train.budget import loss_rose
 from lmforge.train.config import sequence_length
 from lmforge.train.validation import window_losses
 
@@ -186,7 +188,16 @@ def stage_eval(run: RunDir, cfg: RunConfig, device: torch.device, checkpoint: st
         info(f"eval: {name}: " + ", ".join(f"{m} {task['metrics'][m]['estimate']:.4f} "
                                             f"[{task['metrics'][m]['low']:.4f}, {task['metrics'][m]['high']:.4f}]"
                                             for m in shown))
-    return stage_summary(results, selection, comparison)
+    summary = stage_summary(results, selection, comparison)
+    return summary | {"warnings": [warn(worse_message(summary, cfg))] if summary["val_loss_worse_than_initial"] else []}
+
+
+def worse_message(summary: dict, cfg: RunConfig) -> str:
+    """The warning when the scored model's validation loss is worse than its seeded initial self's."""
+    return (f"eval: the validation loss of {summary['checkpoint']} (step {summary['step']}) is "
+            f"{summary['after']['loss']:.4f}, worse than the initial model's {summary['before']['loss']:.4f}: it did "
+            f"not learn; try a lower train.lr (now {cfg.train.lr:g}), more training data or fewer train.max_steps "
+            f"(now {cfg.train.max_steps:,})")
 
 
 def stage_summary(results: dict, selection: dict | None, comparison: dict | None) -> dict:
@@ -195,7 +206,8 @@ def stage_summary(results: dict, selection: dict | None, comparison: dict | None
            "before": {k: results["before"][k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")},
            "after": {k: results["after"][k] for k in ("loss", "perplexity", "bits_per_byte", "tokens")},
            "tasks": {name: {m: task["metrics"][m] for m in HEADLINE[task["kind"]] if m in task["metrics"]}
-                     for name, task in results["tasks"].items()}}
+                     for name, task in results["tasks"].items()},
+           "val_loss_worse_than_initial": loss_rose(results["before"]["loss"], results["after"]["loss"])}
     if selection is not None:
         out["selected"] = {"metric": selection["metric"], **selection["chosen"],
                            "significant": None if selection["lead"] is None else selection["lead"]["significant"]}
