@@ -30,6 +30,9 @@ from test_data_executor_kill import DRIVER  # curate(DataConfig JSON, seed 7, ou
 pytestmark = pytest.mark.integration
 
 PAUSE_ENV = "LMFORGE_TEST_SHARD_PAUSE"  # lmforge.data.ray_executor's test hook
+# the same for every process whatever ~/.ray holds (a token there turns authentication on for `ray start --head`
+# alone), and nothing written to the home folder
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 WORDS = ("river stone cloud lantern meadow copper signal harbor violet engine ember canyon orchard glass thunder "
          "quiet paper silver market winter falcon garden bridge candle the and of to in is that with for on a it was"
          ).split()
@@ -81,7 +84,7 @@ def cluster():
     pause.mkdir()
     (folder / "tmp").mkdir()  # the workers' scratch folders (TMPDIR), removed with the rest
     address = f"127.0.0.1:{free_port()}"
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", TMPDIR=str(folder / "tmp"), **{PAUSE_ENV: str(pause)})
+    env = dict(os.environ, TMPDIR=str(folder / "tmp"), **RAY_ENV, **{PAUSE_ENV: str(pause)})
     env.pop("RAY_ADDRESS", None)
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=100000000",
               "--disable-usage-stats", f"--temp-dir={folder / 'ray'}"]
@@ -134,7 +137,7 @@ def config(corpus: Path, executor: str, address: str | None = None) -> str:
 
 
 def curate_process(cfg: str, out: Path, **env) -> subprocess.Popen:
-    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
+    environment = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | RAY_ENV | env
     return subprocess.Popen([sys.executable, "-c", DRIVER, cfg, str(out)], start_new_session=True, env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -189,6 +192,16 @@ def test_ray_output_is_the_local_executors_byte_for_byte(cluster, corpus, refere
     steps = {step["name"]: step["dropped"] for step in json.loads(reference["stats.json"])["steps"]}
     # the copies are in other shards than their originals: de-duplication ran across every shard
     assert steps["dedup_exact"] == {"duplicate": 5} and steps["dedup_minhash"] == {"near_duplicate": 5}
+
+
+def test_no_address_starts_a_ray_instance_for_the_run_and_stops_it(cluster, corpus, reference, tmp_path):
+    _, pause = cluster
+    out = tmp_path / "data"
+    # not the module's cluster (RAY_ADDRESS is unset); its files under the module's folder, removed at the end
+    proc = curate_process(config(corpus, "ray", None), out, RAY_TMPDIR=str(pause.parent))
+    finish(proc)
+    assert tree(out) == reference
+    assert live_members({proc.pid}) == []  # the instance it started ended with it
 
 
 def test_worker_killed_in_a_shard_is_retried_with_the_same_output(cluster, corpus, reference, tmp_path):
