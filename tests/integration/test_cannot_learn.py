@@ -144,6 +144,11 @@ def test_strict_refuses_in_a_fresh_run_once_the_split_is_packed(tiny, tmp_path):
                            "--set", "train.strict=true")
     assert code == 2 and err.strip().startswith("error: train.strict: the training split") and len(err.splitlines()) == 1
     assert (run_dir / "pack" / "train" / "index.json").is_file() and not (run_dir / "train").exists()
+    # redoing the data with other settings: the check does not judge the split that the redo replaces
+    code, _, err = run_cli("run", tiny[0], "--run-dir", str(run_dir), "--redo", "curate", "--set", "train.batch_size=16",
+                           "--set", "train.strict=true", "--set", "data.val_fraction=0.5")
+    assert code == 2 and err.strip().startswith("error: train.strict: the training split"), err
+    assert json.loads((run_dir / "curate" / "stats.json").read_text())["val_fraction"] == 0.5
 
 
 def test_an_empty_split_is_always_an_error(run_dir, tiny):

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
+
+import yaml
 
 from lmforge.core.metrics import read_metrics
 from lmforge.data.packing import TokenShards
@@ -17,6 +20,8 @@ from lmforge.train.config import sequence_length
 # model memorizes its few sequences instead of learning the language (the issue's 605 tokens for 100 steps
 # of 16 x 256 were one batch, read 100 times). Three steps still warns on a split of two batches.
 FEW_STEPS = 3
+# What the packed training split is made from: a recipe that changes one of them makes it again (--redo)
+SPLIT_SECTIONS = ("seed", "data", "tokenizer", "pack")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,18 @@ def token_budget(run, cfg: RunConfig) -> TokenBudget | None:
     seq_len = sequence_length(cfg.train, cfg.model.dims(shards.vocab_size).context_length)
     windows = shards.num_windows(seq_len) if shards.num_tokens else 0
     return TokenBudget(folder, shards.num_tokens, windows, seq_len, cfg.train.batch_size, cfg.train.max_steps)
+
+
+def packed_by(run, cfg: RunConfig) -> bool:
+    """Whether the split on disk was made with this recipe's ``SPLIT_SECTIONS`` (the run directory's recipe.yaml
+    records the last recipe): a check before the data stages are redone must not judge the split they replace."""
+    try:
+        recorded = yaml.safe_load(run.recipe.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    mine = cfg.model_dump(mode="json")
+    return isinstance(recorded, dict) and all(
+        json.dumps(recorded.get(s), sort_keys=True) == json.dumps(mine[s], sort_keys=True) for s in SPLIT_SECTIONS)
 
 
 def budget_problem(b: TokenBudget) -> tuple[str, bool] | None:

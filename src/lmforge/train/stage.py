@@ -13,7 +13,14 @@ from lmforge.distributed.layout import Layout, resolve_layout
 from lmforge.errors import LmforgeError
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
-from lmforge.train.budget import check_budget, loss_rose, rose_message, token_budget, validation_trend
+from lmforge.train.budget import (
+    check_budget,
+    loss_rose,
+    packed_by,
+    rose_message,
+    token_budget,
+    validation_trend,
+)
 
 
 def check_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool) -> Layout | None:
@@ -22,8 +29,10 @@ def check_train(run: RunDir, cfg: RunConfig, launch: Launch, resume: bool) -> La
     hashing is then not repeated before the launch (returned layout). A device the recipe names must be there
     (``train.device: cuda`` without CUDA is refused here, not after the run directory was written). A packed
     training split that cannot feed the run is refused here too (no sequence at all; with ``train.strict``,
-    one smaller than a batch or a few steps' worth); its warning is shown when the stage runs."""
-    check_budget(token_budget(run, cfg), cfg.train.strict)
+    one smaller than a batch or a few steps' worth), unless the recipe makes it again; its warning is shown when
+    the stage runs."""
+    if packed_by(run, cfg):
+        check_budget(token_budget(run, cfg), cfg.train.strict)
     if cfg.train.device == "cuda":
         from lmforge.core.device import pick_device
 
