@@ -127,12 +127,12 @@ def corpus(tmp_path_factory) -> Path:
     return root
 
 
-def config(corpus: Path, executor: str, address: str | None = None) -> str:
+def config(corpus: Path, executor: str, address: str | None = None, retries: int = 3) -> str:
     from lmforge.data import DataConfig
 
     cfg = DataConfig(sources=[{"kind": "text", "path": str(corpus), "pattern": "*.txt"}], shard_mb=0.01,
                      workers=2, keep_work=True, write_dropped=True, report=True, executor=executor,
-                     ray={"address": address})
+                     ray={"address": address, "max_retries": retries})
     return cfg.model_dump_json()
 
 
@@ -216,6 +216,25 @@ def test_worker_killed_in_a_shard_is_retried_with_the_same_output(cluster, corpu
     finally:
         disarm(pause)
     assert tree(out) == reference
+
+
+def test_a_worker_killed_past_max_retries_fails_the_run_in_one_line(cluster, corpus, tmp_path):
+    address, pause = cluster
+    out = tmp_path / "data"
+    (pause / "arm").touch()
+    try:
+        proc = curate_process(config(corpus, "ray", address, retries=0), out)
+        wait_for(lambda: (pause / "pid").exists(), proc)
+        index = int((pause / "pid").read_text().split()[1])
+        os.kill(paused_worker(pause), signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        disarm(pause)
+    assert proc.returncode == 1
+    assert err.strip().splitlines()[-1].startswith(
+        f"lmforge.errors.LmforgeError: data.executor: ray: shard {index} failed after data.ray.max_retries=0 "
+        "retries: WorkerCrashedError: "), err
+    assert not (out / "train.jsonl").exists() and (out / "work" / "plan.json").exists()  # finished shards kept
 
 
 def test_rerun_after_the_driver_is_killed_skips_finished_shards(cluster, corpus, reference, tmp_path):

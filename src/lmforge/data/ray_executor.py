@@ -47,7 +47,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         return
     target = _reachable(address)
     kwargs = {}
-    client = address is not None and "://" in address  # Ray Client: the cluster's own node addresses apply
+    given = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address or ""
+    client = "://" in given  # Ray Client: the cluster's own node addresses apply
     if not client and target is not None and target.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
         kwargs["_node_ip_address"] = "127.0.0.1"  # a cluster started on loopback: Ray would use the LAN address
     if address is None:
@@ -144,10 +145,10 @@ class RayShardRunner:
             if isinstance(exc.cause, LmforgeError):  # bad input found on the worker: the same one line as locally
                 raise exc.cause from None
             raise
-        except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
-            raise LmforgeError(f"data.executor: ray: shard {index} failed on {self.cfg.ray.max_retries + 1} workers "
-                            f"that died (data.ray.max_retries={self.cfg.ray.max_retries}): "
-                            f"{str(exc).splitlines()[0]}") from None
+        except ray.exceptions.RayError as exc:  # workers or nodes that died, every attempt (or out of memory)
+            raise LmforgeError(f"data.executor: ray: shard {index} failed after data.ray.max_retries="
+                               f"{self.cfg.ray.max_retries} retries: {type(exc).__name__}: "
+                               f"{(str(exc).strip().splitlines() or [''])[0]}") from None
 
 
 def _input_sizes(shard: Shard) -> list[int]:
