@@ -313,3 +313,47 @@ def test_a_builtin_spec_is_a_valid_task_spec(corpus):
     raw = yaml.safe_load(corpus["made"]["a"]["which_package", "val"].spec.read_text())
     assert TaskSpec.model_validate(raw).path == "which_package.val.jsonl"
     assert list(raw) == ["name", "kind", "path", "labels", "template", "verbalizers"]
+
+
+NESTED = '''
+import x
+def top():
+    def inner():
+        pass
+    return lambda: (yield)
+class K:
+    async def method(self):
+        if True:
+            def in_if(): ...
+        try:
+            def in_try(): ...
+        except E:
+            def in_except(): ...
+        finally:
+            def in_finally(): ...
+    match v:
+        case 1:
+            def in_case(): ...
+with open(p) as f:
+    for i in r:
+        def in_loop(): ...
+    else:
+        def in_else(): ...
+'''
+
+
+def test_functions_finds_every_def_ast_walk_finds(tmp_path):
+    import ast
+    import json
+
+    from lmforge.evaluate.builtin_tasks import functions, read_functions
+
+    walked = sorted((n.lineno, n.name) for n in ast.walk(ast.parse(NESTED))
+                    if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+    assert [(f.line, f.name) for f in functions("a/b.py", NESTED)] == walked and len(walked) == 10
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "a/b.py", "text": NESTED}) + "\n")
+    first = read_functions(docs)
+    assert read_functions(docs) == first  # remembered for the file as it is
+    docs.write_text(json.dumps({"id": "a/b.py", "text": "def other():\n    pass\n"}) + "\n")
+    assert [f.name for f in read_functions(docs)] == ["other"]  # a changed file is read again
