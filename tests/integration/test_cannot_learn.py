@@ -184,6 +184,13 @@ def test_a_validation_loss_that_rose_is_flagged_by_train_and_eval(tiny, run_dir)
                               f"{evaluated['before']['loss']:.4f}: it did not learn")
     assert f"warning: {warning}\n" in err
 
+    code, out, err = run_cli("run", tiny[0], "--run-dir", str(run_dir), *absurd)  # every stage done: the summary
+    assert code == 0, err
+    whole = json.loads((run_dir / "summary.json").read_text())
+    assert whole["val_loss_worse_than_initial"] is True
+    assert whole["warnings"] == [*summary(run_dir, "curate")["warnings"], train["warnings"][0], warning]
+    assert "did not learn" in out and "the validation loss is worse than the initial model's" in out
+
 
 def test_a_run_that_learns_has_no_warning(data_run):
     assert summary(data_run, "curate")["warnings"] == []

@@ -129,6 +129,9 @@ class DataConfig(StrictModel):
     # Fail when more than this fraction of a source's files or records is unusable (binary, undecodable,
     # invalid JSON, ...): skipped input is counted, but a mostly-corrupt source is a mistake, not data.
     max_skip_fraction: float = Field(default=0.1, ge=0, le=1)
+    # Warn after curation when the steps drop more than this fraction of the documents read (curate/summary.json
+    # warnings): a corpus filtered almost away trains a model that cannot learn.
+    warn_drop_fraction: float = Field(default=0.9, ge=0, le=1)
     # Execution: input files are grouped into shards of about this many MB, run by this many worker
     # processes ("auto": one per CPU core, at most 8); finished shards survive a kill and are reused.
     # With executor "ray" the shards run as tasks on a Ray cluster (``ray``, pip install lmforge[ray]):

@@ -37,7 +37,7 @@ def run_curate(run: RunDir, cfg: RunConfig) -> dict:
     splits = stats["splits"]
     info(f"curate: {stats['documents_read']:,} documents read, {documents_kept(stats):,} kept "
          f"({splits['train']['documents']:,} train / {splits['val']['documents']:,} val)")
-    message = drop_warning(stats, cfg.data, getattr(cfg.data, "warn_drop_fraction", WARN_DROP_FRACTION))
+    message = drop_warning(stats, cfg.data, cfg.data.warn_drop_fraction)
     return {"documents_read": stats["documents_read"], "documents_kept": documents_kept(stats),
             "documents_dropped": documents_dropped(stats),
             "train_documents": splits["train"]["documents"], "val_documents": splits["val"]["documents"],

@@ -39,6 +39,9 @@ def write_summary(run: RunDir) -> dict:
         "before": results.get("before"),
         "after": results.get("after"),
         "tasks": results.get("tasks"),
+        # every stage's one-line warnings (a filtered-away corpus, too few tokens, a loss that rose)
+        "warnings": [w for stage in ("curate", "train", "eval") for w in _stage_summary(run, stage).get("warnings") or []],
+        "val_loss_worse_than_initial": results.get("val_loss_worse_than_initial"),
     }
     atomic_write_json(run.summary, summary)
     return summary
@@ -68,6 +71,10 @@ def print_summary(summary: dict) -> None:
     for name, metrics in (summary.get("tasks") or {}).items():
         shown = [(m, metrics[m]) for m in SHOWN if m in metrics][:2]
         table.add_row(name, ", ".join(f"{m} {v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in shown))
+    if summary.get("val_loss_worse_than_initial"):
+        table.add_row("[bold red]did not learn[/bold red]", "the validation loss is worse than the initial model's")
+    for warning in summary.get("warnings") or []:
+        table.add_row("[yellow]warning[/yellow]", warning)
     table.add_row("run directory", summary["run_dir"])
     console = Console()
     if not console.is_terminal:
