@@ -21,6 +21,7 @@ from lmforge.estimate.command import estimate
 from lmforge.evaluate.command import eval_, generate
 from lmforge.explain.command import explain
 from lmforge.merge.command import merge
+from lmforge.report.command import report
 from lmforge.run_command import run
 from lmforge.secure.command import secure
 from lmforge.train.command import train
@@ -55,6 +56,7 @@ cli.add_command(compress)
 cli.add_command(explain)
 cli.add_command(attack)
 cli.add_command(secure)
+cli.add_command(report)
 
 
 def main(argv: list[str] | None = None) -> None:
