@@ -1,11 +1,12 @@
 """report.html in a real browser (Debian's chromium, driven by playwright; it never downloads one): it loads with
-no console error and no request but its own file, every image decodes, the print stylesheet applies, and a
-screenshot is saved. Without chromium this fails under CI (the env CI set; .ci/run installs it) and skips
+no console error and no request but its own file, every image decodes, the print stylesheet applies (and it
+prints to a PDF of several pages), and a screenshot is saved. Without chromium this fails under CI (the env CI set; .ci/run installs it) and skips
 elsewhere."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -72,6 +73,7 @@ def test_report_in_a_headless_browser(chromium, report_run, tmp_path):
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
             page.emulate_media(media="print")
             nav_in_print = page.eval_on_selector("nav", "n => getComputedStyle(n).display")
+            pdf = page.pdf(format="A4")  # what printing makes
         finally:
             context.close()
     assert errors == []
@@ -80,5 +82,6 @@ def test_report_in_a_headless_browser(chromium, report_run, tmp_path):
     assert sections[0] == "glance" and sections[-1] == "recipe" and "secure" in sections
     assert heading == "lmforge run report: debug"
     assert nav_in_print == "none"
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page(?!s)", pdf)) >= 3
     shot = (tmp_path / "report.png").read_bytes()
     assert shot.startswith(b"\x89PNG") and len(shot) > 50_000

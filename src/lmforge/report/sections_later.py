@@ -79,7 +79,7 @@ def compress(data: RunData, s: dict) -> tuple[str, set[str]]:
                 if key == "method":
                     cells.append(str(value))
                     continue
-                shown_ratio = f" ({ratio[key]:.3g}x)" if isinstance(ratio.get(key), (int, float)) and name != "dense" \
+                shown_ratio = f" ({ratio[key]:.3f}x)" if isinstance(ratio.get(key), (int, float)) and name != "dense" \
                     and math.isfinite(ratio[key]) else ""
                 cells.append(f'<td class="num">{esc(fmt(value))}{esc(shown_ratio)}</td>')
             rows.append([name, *cells])
