@@ -1,6 +1,6 @@
 """TensorBoard event files in ``<run>/tensorboard/``, where tensorboard is installed (skipped silently otherwise):
 training loss, learning rate and tokens/s by step and validation loss by step from train/metrics.jsonl, and every
-stage's headline scalars (the numbers in its summary.json, under ``<stage>/<dotted key>``)."""
+stage's headline scalars (the numbers in its summary.json, as ``summary/<stage>.<dotted key>``)."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _number(value) -> bool:
 
 
 def headline_scalars(data: RunData) -> dict[str, float]:
-    """``<stage>/<dotted key>`` -> value for every finite number in the stages' summaries."""
-    return {f"{stage}/{key}": float(value) for stage, summary in data.summaries.items()
+    """``summary/<stage>.<dotted key>`` -> value for every finite number in the stages' summaries."""
+    return {f"summary/{stage}.{key}": float(value) for stage, summary in data.summaries.items()
             for key, value in flat(summary).items() if _number(value)}
 
 
