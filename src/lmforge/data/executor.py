@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import queue as queue_module
 import shutil
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from pathlib import Path
 from lmforge.core.atomic import atomic_write_json, remove_stale_temporaries
 from lmforge.data.config import DataConfig
 from lmforge.data.shard_work import ShardResult, is_done, load_shard, process_shard
-from lmforge.data.shards import Shard
+from lmforge.data.shards import Shard, worker_count
 from lmforge.errors import LmforgeError
 
 Progress = Callable[[str, int], None]
@@ -43,16 +42,6 @@ def prepare_work(work: Path, fingerprint: str) -> None:
     remove_stale_temporaries(work)
     if not same:
         atomic_write_json(plan, {"fingerprint": fingerprint})
-
-
-def worker_count(cfg: DataConfig, pending: int, cpus: int | None = None) -> int:
-    """Shards run at once: ``data.workers``, or for "auto" one per CPU (``cpus``: of a cluster; else this
-    machine's, at most 8), never more than there are shards to run."""
-    if cfg.workers != "auto":
-        wanted = cfg.workers
-    else:
-        wanted = min(os.cpu_count() or 1, 8) if cpus is None else cpus
-    return max(1, min(wanted, pending))
 
 
 @contextmanager

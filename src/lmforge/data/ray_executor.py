@@ -28,7 +28,7 @@ import ray
 from lmforge.data.config import DataConfig
 from lmforge.data.shard_work import ShardResult, is_done, load_shard, process_shard, read_shard_files, \
     store_shard_files
-from lmforge.data.shards import Shard
+from lmforge.data.shards import Shard, worker_count
 from lmforge.errors import LmforgeError
 
 Progress = Callable[[str, int], None]
@@ -105,7 +105,6 @@ class RayShardRunner:
     """
 
     def __init__(self, shards: list[Shard], cfg: DataConfig, work: Path) -> None:
-        from lmforge.data.executor import worker_count
 
         self.shards, self.cfg, self.work = shards, cfg, work
         self.pending = [s for s in shards if not is_done(work, s.index)]

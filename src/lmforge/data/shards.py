@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -70,3 +71,13 @@ def _stamp(path: Path) -> list[int]:
     except OSError:
         return [-1, -1]
     return [stat.st_size, stat.st_mtime_ns]
+
+
+def worker_count(cfg: DataConfig, pending: int, cpus: int | None = None) -> int:
+    """Shards run at once: ``data.workers``, or for "auto" one per CPU (``cpus``: of a cluster; else this
+    machine's, at most 8), never more than there are shards to run."""
+    if cfg.workers != "auto":
+        wanted = cfg.workers
+    else:
+        wanted = min(os.cpu_count() or 1, 8) if cpus is None else cpus
+    return max(1, min(wanted, pending))
