@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,6 +37,14 @@ def is_enabled() -> bool:
 def info(message: str) -> None:
     if _enabled:
         console.print(message)
+
+
+def warn(message: str) -> str:
+    """Print one warning line (one line however wide, unless output is off); returns ``message``, which the
+    stage also records in its summary's ``warnings``."""
+    if _enabled:
+        console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
+    return message
 
 
 class Tracker:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from rich.markup import escape
-
-from lmforge.core.progress import console, info, is_enabled
+from lmforge.core.progress import info, warn
 from lmforge.data.curate import curate
 from lmforge.data.packing import pack_tokens
 from lmforge.data.tokenizer import train_tokenizer
@@ -18,14 +16,6 @@ from lmforge.rundir import RunDir
 # Warn when the filters drop more than this fraction of the documents read (``data.warn_drop_fraction``).
 WARN_DROP_FRACTION = 0.9
 TOP_REASONS = 3
-
-
-def warn(message: str) -> str:
-    """Print one warning line (one line however wide, unless output is off); returns ``message``, which the
-    stage also records in its summary's ``warnings``."""
-    if is_enabled():
-        console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
-    return message
 
 
 def documents_kept(stats: dict) -> int:

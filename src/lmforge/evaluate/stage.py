@@ -20,9 +20,8 @@ from lmforge.checkpoint.load import (
     require_language_model,
 )
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
-from lmforge.core.progress import info, track
+from lmforge.core.progress import info, track, warn
 from lmforge.data.packing import INDEX, TokenShards, pack_tokens
-from lmforge.data.stage import warn
 from lmforge.data.tokenizer import eos_id_of, load_tokenizer, model_tokenizer, tokenizer_digest
 from lmforge.errors import CheckpointError
 from lmforge.evaluate import task_metrics as tm

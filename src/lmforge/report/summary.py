@@ -40,7 +40,7 @@ def write_summary(run: RunDir) -> dict:
         "after": results.get("after"),
         "tasks": results.get("tasks"),
         # every stage's one-line warnings (a filtered-away corpus, too few tokens, a loss that rose)
-        "warnings": [w for stage in ("curate", "train", "eval") for w in _stage_summary(run, stage).get("warnings") or []],
+        "warnings": [w for stage in (curate, train, results) for w in stage.get("warnings") or []],
         "val_loss_worse_than_initial": results.get("val_loss_worse_than_initial"),
     }
     atomic_write_json(run.summary, summary)

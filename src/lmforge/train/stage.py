@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 
 from lmforge.core.atomic import atomic_write_json
-from lmforge.core.progress import info, set_enabled
-from lmforge.data.stage import warn
+from lmforge.core.progress import info, set_enabled, warn
 from lmforge.distributed.context import Launch
 from lmforge.distributed.layout import Layout, resolve_layout
 from lmforge.errors import LmforgeError
