@@ -3,24 +3,17 @@ written to ``<run>/summary.json`` and printed as a short table."""
 
 from __future__ import annotations
 
-import json
-
 from rich.console import Console
 from rich.table import Table
 
 from lmforge.core.atomic import atomic_write_json
-from lmforge.errors import LmforgeError
+from lmforge.report.runread import read_json
 from lmforge.rundir import RunDir
 
 
 def _stage_summary(run: RunDir, stage: str) -> dict:
     path = run.stage_summary(stage)
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LmforgeError(f"{path}: cannot read ({exc.__class__.__name__})") from None
+    return read_json(path) if path.exists() else {}
 
 
 def write_summary(run: RunDir) -> dict:
