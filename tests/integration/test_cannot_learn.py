@@ -199,3 +199,16 @@ def test_a_run_that_learns_has_no_warning(data_run):
     train = summary(data_run, "train")
     assert train["warnings"] == [] and train["val_loss_worse_than_initial"] is False
     assert train["val_loss_final"] < train["val_loss_initial"]
+
+
+@pytest.mark.parametrize("setting, problem", [
+    ("data.warn_drop_fraction=1.5", "data.warn_drop_fraction: Input should be less than or equal to 1 (got 1.5)"),
+    ("data.warn_drop_fraction=-0.1", "data.warn_drop_fraction: Input should be greater than or equal to 0 (got -0.1)"),
+    ("train.strict=maybe", "train.strict: Input should be a valid boolean, unable to interpret input (got 'maybe')"),
+])
+def test_bad_settings_are_one_line_with_nothing_written(tmp_path, setting, problem):
+    root = tmp_path / "run"
+    code, _, err = run_cli("run", "debug", "--run-dir", str(root), "--set", setting)
+    assert code == 2
+    assert err.endswith(f": {problem}\n") and err.startswith("error: recipe ") and err.count("\n") == 1, err
+    assert not root.exists()
