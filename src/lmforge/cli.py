@@ -34,7 +34,7 @@ from lmforge.tune.compare_command import optimizers
 @click.version_option(package_name="lmforge")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
 def cli(debug: bool) -> None:
-    """lmforge: curate data, train a tokenizer, pretrain, evaluate and sample a language model.
+    """lmforge: the whole life of a language model, from curating its data to a signed, encrypted release.
 
     `lmforge run` with no arguments runs the built-in default recipe on the Python standard library.
     """

@@ -6,7 +6,7 @@ skipped when the fingerprint matches and its ``summary.json`` is there. A change
 stage is an error unless that stage is redone (``--redo``, which redoes the stages after it too); cheap
 stages (``rerun_on_change``) are simply run again. A command either runs one stage on inputs that must
 exist (``run_stage``) or a stage with everything it needs first (``run_through``); ``lmforge run`` runs
-the whole table.
+the stages the recipe chooses (``chosen_stages``).
 
 Adding a stage: one row here, its command, its recipe section; nothing else outside its folder.
 """
@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from lmforge.core.atomic import atomic_write_json, atomic_write_text
+from lmforge import later_stages as later_
 from lmforge.core.progress import info
 from lmforge.data.stage import run_curate, run_pack, run_tokenizer
 from lmforge.distributed.context import Launch
@@ -95,6 +97,7 @@ class Stage:
     check: Callable[[RunDir, RunConfig, Options], object] | None = None  # before any write; its result goes to run
     rerun_on_change: bool = False  # cheap: a changed recipe reruns it instead of being refused
     resumes: bool = False  # --resume continues it with a changed recipe (its own checks decide what may change)
+    always: bool = False  # runs every time (the report of what is there now)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -113,7 +116,28 @@ STAGES: tuple[Stage, ...] = (
           check=_check_eval, rerun_on_change=True),
     Stage("sample", ("generate",), ("train",), _sample, lambda run: [run.samples], "generate",
           "continue the recipe's prompt with the trained model", rerun_on_change=True),
+    # the later stages: each checked when its turn comes, and run again (from scratch) when its recipe changed
+    Stage("finetune", ("finetune",), ("eval",), later_.finetune, lambda run: [run.finetuned_model], "finetune",
+          "fine-tune the selected checkpoint (LoRA, frozen or full; a classification head)", rerun_on_change=True,
+          resumes=True),
+    Stage("merge", ("merge",), ("eval",), later_.merge, lambda run: [run.merged_model], "merge",
+          "merge checkpoints or fine-tunes (greedy soup, task arithmetic, TIES, ...), evaluated against its inputs",
+          rerun_on_change=True),
+    Stage("compress", ("compress",), ("eval",), later_.compress, lambda run: [run.stage_summary("compress")],
+          "compress", "int8, pruned and distilled variants and their size / speed / quality table",
+          rerun_on_change=True),
+    Stage("explain", ("explain",), ("eval",), later_.explain, lambda run: [run.stage_summary("explain")], "explain",
+          "attributions with their faithfulness, attention, logit lens and weight anatomy", rerun_on_change=True),
+    Stage("attack", ("attack",), ("finetune",), later_.attack, lambda run: [run.stage_summary("attack")], "attack",
+          "attack the fine-tuned model, before and after adversarial fine-tuning (attack.harden)",
+          rerun_on_change=True),
+    Stage("secure", ("secure",), ("eval",), later_.secure, lambda run: [run.stage_summary("secure")], "secure",
+          "sign and encrypt the final model with keys made for the run (kept in <run>/secure/keys/)",
+          rerun_on_change=True),
+    Stage("report", (), (), later_.report, lambda run: [run.root / "report.html"], "report",
+          "write <run>/report.html: the whole run in one self-contained page", rerun_on_change=True, always=True),
 )
+CORE = ("curate", "tokenizer", "pack", "train", "eval", "sample")  # what every run does unless told otherwise
 BY_NAME = {s.name: s for s in STAGES}
 NAMES = tuple(BY_NAME)
 
@@ -135,10 +159,11 @@ def closure(names) -> list[str]:
 
 
 def later(name: str) -> list[str]:
-    """``name`` and every stage that depends on it, directly or not."""
+    """``name`` and every stage that depends on it, directly or not (a stage that always runs, the report, reads
+    them all)."""
     out = {name}
     for s in STAGES:
-        if any(n in out for n in s.needs):
+        if s.always or any(n in out for n in s.needs):
             out.add(s.name)
     return [n for n in NAMES if n in out]
 
@@ -180,10 +205,10 @@ def _forget(run: RunDir, names) -> None:
         atomic_write_json(run.stages_file, kept)
 
 
-def _mark_done(run: RunDir, cfg: RunConfig, name: str, summary: dict) -> None:
+def _mark_done(run: RunDir, cfg: RunConfig, name: str, summary: dict, seconds: float) -> None:
     atomic_write_json(run.stage_summary(name), summary)
     stages = done_stages(run)
-    stages[name] = {"fingerprint": fingerprint(cfg, name)}
+    stages[name] = {"fingerprint": fingerprint(cfg, name), "seconds": round(seconds, 2)}
     atomic_write_json(run.stages_file, stages)
 
 
@@ -258,9 +283,10 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(),
         # that fails leaves the fingerprint it had, so a changed recipe is still refused, but not its summary)
         _forget(run, later(name)[1:])
         run.stage_summary(name).unlink(missing_ok=True)
+    started = time.perf_counter()
     summary = BY_NAME[name].run(run, cfg, opts, checked)
     if opts.writes:
-        _mark_done(run, cfg, name, summary)
+        _mark_done(run, cfg, name, summary, time.perf_counter() - started)
     return summary
 
 
@@ -273,7 +299,27 @@ def run_through(run: RunDir, cfg: RunConfig, names, opts: Options = Options(), *
     checked = check_stages(run, cfg, todo, opts)
     prepare(run, cfg, redo=redo, keep_recipe=keep_recipe)
     info(f"run directory: {run.root}")
-    return {n: run_stage(run, cfg, n, opts, checked=checked.get(n)) for n in todo}
+    return {n: run_stage(run, cfg, n, opts, checked=checked.get(n), again=BY_NAME[n].always) for n in todo}
+
+
+def chosen_stages(cfg: RunConfig, only=(), skip=()) -> list[str]:
+    """What ``lmforge run`` runs: ``--only``'s stages, else the recipe's ``stages:``, else the core stages, the
+    later ones whose recipe section is there, and the report; less ``--skip``'s and what needs them."""
+    for flag, names in (("--only", only), ("--skip", skip), ("stages", cfg.stages or ())):
+        for name in names:
+            if name not in BY_NAME:
+                raise LmforgeError(f"{flag}: unknown stage {name!r} (stages: {', '.join(NAMES)})")
+    if only:
+        wanted = list(only)
+    elif cfg.stages is not None:
+        wanted = list(cfg.stages)
+    else:
+        wanted = [*CORE, *(n for n in NAMES if n not in CORE and getattr(cfg, n, None) is not None), "report"]
+    left_out = {n for s in skip for n in later(s) if n == s or not BY_NAME[n].always}
+    for name in wanted:
+        if name in left_out and name not in skip:
+            info(f"[dim]{name}: skipped (it needs {', '.join(s for s in skip if name in later(s))})[/dim]")
+    return [n for n in closure(wanted) if n not in left_out]
 
 
 def run_alone(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(), *, redo: bool = False,

@@ -19,6 +19,7 @@ from lmforge.distributed.config import ParallelConfig
 from lmforge.errors import RecipeError
 from lmforge.evaluate.config import EvalConfig, GenerateConfig
 from lmforge.merge.config import MergeConfig
+from lmforge.secure.config import SecureConfig
 from lmforge.model.config import ModelConfig
 from lmforge.train.config import TrainConfig
 from lmforge.transfer.config import FinetuneConfig
@@ -42,11 +43,16 @@ class RunConfig(StrictModel):
     eval: EvalConfig = EvalConfig()
     generate: GenerateConfig = GenerateConfig()
     tune: TuneConfig = TuneConfig()
-    finetune: FinetuneConfig | None = None  # lmforge finetune (not part of lmforge run); absent: its defaults
-    merge: MergeConfig | None = None  # lmforge merge (not part of lmforge run)
-    compress: CompressConfig | None = None  # lmforge compress (not part of lmforge run)
-    explain: ExplainConfig | None = None  # lmforge explain (not part of lmforge run)
-    attack: AttackConfig | None = None  # lmforge attack (not part of lmforge run)
+    # the later stages: lmforge run runs those whose section is present (absent: their commands use the defaults)
+    finetune: FinetuneConfig | None = None
+    merge: MergeConfig | None = None
+    compress: CompressConfig | None = None
+    explain: ExplainConfig | None = None
+    attack: AttackConfig | None = None
+    secure: SecureConfig | None = None
+    stages: list[str] | None = Field(default=None, description="the stages lmforge run runs (and what they need), "
+                                     "in the table's order; default: curate to sample, the later stages whose "
+                                     "section is here, and the report")
 
     def section_hash(self, *sections: str) -> str:
         """A fingerprint of some sections, to tell whether a finished stage is still valid."""

@@ -20,11 +20,12 @@ def test_debug_recipe_end_to_end(tmp_path):
     for rel in ["recipe.yaml", "stages.json", "curate/train.jsonl", "curate/val.jsonl", "curate/stats.json",
                 "tokenizer/tokenizer.json", "pack/train/index.json", "pack/val/index.json",
                 "train/checkpoints/step_00000020/model.safetensors", "train/metrics.jsonl", "eval/results.json",
-                "sample/samples.json", "summary.json"]:
+                "sample/samples.json", "summary.json", "report.html", "report/summary.json"]:
         assert (run_dir / rel).exists(), rel
     assert temporaries(run_dir) == []
-    # the summary is on stdout and names every headline number
-    for words in ["documents", "tokens", "parameters", "val loss", "val perplexity", "run directory"]:
+    # the summary is on stdout: one line per stage with its headline figure
+    for words in ["curate", "documents read", "train tokens", "parameters", "val loss", "sample(s)", "report.html",
+                  "run directory"]:
         assert words in result.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["after"]["loss"] < summary["before"]["loss"]
@@ -98,7 +99,7 @@ def test_redo_tokenizer_rebuilds_it_and_what_follows_and_nothing_before(data_run
     code, _, err = run_cli("run", "--run-dir", str(data_run), "--set", "train.max_steps=2")
     assert code == 0, err
     assert set(json.loads((data_run / "stages.json").read_text())) == {"curate", "tokenizer", "pack", "train", "eval",
-                                                                      "sample"}
+                                                                      "sample", "report"}
 
     def identity(path):  # atomic writes rename a new file into place: a rebuilt file has a new inode
         stat = path.stat()

@@ -1,4 +1,5 @@
-"""The built-in default recipe, end to end through `lmforge run`, at reduced training steps."""
+"""The built-in default recipe's data and model through `lmforge run --only eval --only sample` (curate to
+sample) at reduced training steps; test_whole_life runs every stage of it at debug size."""
 
 import json
 
@@ -11,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 def test_default_recipe_runs_end_to_end(tmp_path):
     run_dir = tmp_path / "default"
-    result = lmforge_run("run", "--run-dir", str(run_dir), "--set", "train.max_steps=4",
+    result = lmforge_run("run", "--run-dir", str(run_dir), "--only", "eval", "--only", "sample", "--set", "train.max_steps=4",
                          "--set", "train.eval_every=2", "--set", "eval.max_tokens=16384", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -95,7 +95,8 @@ def other_tokenizer_model(tuned_file: Path, folder: Path) -> Path:
     return folder / "model.safetensors"
 
 
-@pytest.mark.parametrize("case", ["one", "dims", "tokenizer", "density", "weights", "slerp", "no_base"])
+@pytest.mark.parametrize("case", ["one", "dims", "tokenizer", "density", "weights", "checkpoint_weights", "slerp",
+                                  "no_base"])
 def test_bad_merge_input_is_one_line_and_writes_nothing(tuned, tmp_path, case):
     root, a, b = copy_of(tuned, tmp_path)
     args = ["--input", str(a), "--input", str(b)]
@@ -119,6 +120,9 @@ def test_bad_merge_input_is_one_line_and_writes_nothing(tuned, tmp_path, case):
     elif case == "weights":
         args += ["--set", "merge.weights=[1, 2, 3]"]
         line = (f"error: recipe {root}/recipe.yaml: merge: weights has 3 value(s) for 2 input(s)")
+    elif case == "checkpoint_weights":  # `checkpoints` is every kept checkpoint: one here (step 10)
+        args = ["--input", "checkpoints", "--input", str(a), "--set", "merge.weights=[1, 2, 3]"]
+        line = "error: merge.weights: 3 value(s) for 2 input(s)"
     elif case == "slerp":
         args += ["--input", str(a), "--method", "slerp"]
         line = f"error: recipe {root}/recipe.yaml: merge: slerp merges exactly two models, got 3 inputs"

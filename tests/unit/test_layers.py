@@ -23,7 +23,7 @@ LAYERS = [
     ("transfer, merge, compress, explain, attack, secure", {"transfer", "merge", "compress", "explain", "attack",
                                                             "secure"}),
     ("report", {"report"}),
-    ("pipeline", {"pipeline"}),
+    ("pipeline", {"pipeline", "later_stages"}),
     ("commands", set()),  # command.py, every */command.py and *_command.py
     ("cli", {"cli", "__main__"}),
 ]

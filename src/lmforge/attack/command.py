@@ -27,10 +27,11 @@ def attack(recipe, overrides, run_dir, checkpoint, task, texts, examples):
     embedding neighbours) and, for the language model, a GCG suffix search toward a target continuation:
     attack/report.json, report.md and summary.json in TextAttack's summary shape (accuracy and loss under each
     attack, success rate, tokens changed, queries, examples), with a row per model for attack.compare's models (the
-    same examples and seeds: before and after adversarial training). Not part of lmforge run.
+    same examples and seeds: before and after adversarial training; attack.harden makes the hardened model first, in
+    <run>/harden/). Also a stage of lmforge run (when the recipe has its section).
     """
     from lmforge.attack.config import AttackConfig
-    from lmforge.attack.stage import check_attack, run_attack
+    from lmforge.attack.harden import attack_with_hardening
     from lmforge.errors import AttackError
 
     cfg, run = resolve(recipe, run_dir, overrides)
@@ -41,8 +42,7 @@ def attack(recipe, overrides, run_dir, checkpoint, task, texts, examples):
         raw["task"] = raw["texts"] = None
     raw |= {k: v for k, v in given.items() if v is not None}
     cfg = with_section(cfg, "attack", AttackConfig, raw, AttackError)
-    plan = check_attack(run, cfg, device_for(cfg))  # refuses bad input before anything is written
-    summary = run_attack(run, cfg, plan)
+    summary = attack_with_hardening(run, cfg, device_for(cfg))  # bad input is refused before anything is written
     click.echo(f"{summary['target'].replace('_', ' ')}: {summary['examples']} examples, clean accuracy "
                f"{summary['clean_accuracy']:.3g}, clean loss {summary['clean_loss']:.4g}")
     for key, s in summary["attacks"].items():

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lmforge.core.config import StrictModel
+from lmforge.train.config import AdversarialSettings
 
 
 class EmbeddingAttack(StrictModel):
@@ -92,6 +93,9 @@ class AttackConfig(StrictModel):
                                   "continuation's loss rises by this many nats")
     shown_examples: int = Field(default=3, ge=0, description="examples shown in report.md per attack")
     seed: int = 0
+    harden: AdversarialSettings | None = Field(
+        default=None, description="first fine-tune again as finetune: says, with this adversarial training, into "
+        "<run>/harden/, and attack that model beside attack.checkpoint (robustness before and after)")
 
     @field_validator("attacks", mode="before")
     @classmethod

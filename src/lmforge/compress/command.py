@@ -13,7 +13,8 @@ from lmforge.command import common_options, device_for, require_run_dir, resolve
 def compress(recipe, overrides, run_dir, checkpoint):
     """Make every variant of compress.variants (magnitude, Wanda and 2:4 pruning, structured MLP channels) from
     one model, written as compress/<name>/model.safetensors, and tabulate parameters, speed and quality against
-    the dense model: compress/table.md, table.json, table.png. Not part of lmforge run.
+    the dense model: compress/table.md, table.json, table.png.
+    Also a stage of lmforge run (when the recipe has its section).
     """
     from lmforge.compress.stage import check_compress, run_compress
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from lmforge.core.config import StrictModel
+from lmforge.evaluate.config import QualityBudget
 
 NAME = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the variant's folder under compress/")
 
@@ -122,3 +123,5 @@ class CompressConfig(StrictModel):
     variants: list[Variant] = Field(default_factory=list)
     calibration: CalibrationConfig = CalibrationConfig()
     measure: MeasureConfig = MeasureConfig()
+    quality: QualityBudget = Field(default_factory=QualityBudget, description="how much of the evaluation each "
+                                   "variant gets")

@@ -225,12 +225,13 @@ def table_rows(run: RunDir, cfg: RunConfig, plan: CompressPlan, models: dict) ->
     val = TokenShards(run.tokens("val"))
     prompt = val.window(0, max(cc.measure.prompt_tokens, 1))[:cc.measure.prompt_tokens].tolist()
     tokenizer = load_tokenizer(run.tokenizer)
-    tasks = load_user_tasks(cfg.eval.tasks, "eval.tasks")
-    if BUILTIN in cfg.eval.tasks:
+    names = cc.quality.task_names(cfg.eval)
+    tasks = load_user_tasks(names, "eval.tasks")
+    if BUILTIN in names:
         tasks += builtin_tasks(run, run.stage_dir(STAGE) / "tasks", cfg.seed, cfg.eval.builtin_examples, tokenizer,
                                plan.dims.context_length)[0]
     settings = EvalSettings.of(cfg.eval)
-    windows = None if cfg.eval.max_tokens is None else max(1, cfg.eval.max_tokens // plan.seq_len)
+    windows = cc.quality.max_windows(cfg.eval, plan.seq_len)
     bytes_per_token = val.num_bytes / max(1, val.num_tokens)
     torch.manual_seed(cfg.seed)
     measure(models, prompt, cc.measure)

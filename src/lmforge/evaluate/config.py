@@ -18,6 +18,22 @@ def first_repeat(values) -> object | None:
     return repeated[0] if repeated else None
 
 
+class QualityBudget(StrictModel):
+    """How much of the evaluation a later stage (merge, compress) runs on each of its models: fewer validation
+    tokens, or no tasks, keep a whole-life run short."""
+
+    max_tokens: int | None = Field(default=None, ge=1, description="validation tokens scored per model; default: "
+                                   "eval.max_tokens")
+    tasks: bool = Field(default=True, description="also score eval.tasks; false: validation loss only")
+
+    def max_windows(self, eval_cfg: EvalConfig, seq_len: int) -> int | None:
+        tokens = self.max_tokens if self.max_tokens is not None else eval_cfg.max_tokens
+        return None if tokens is None else max(1, tokens // seq_len)
+
+    def task_names(self, eval_cfg: EvalConfig) -> list[str]:
+        return list(eval_cfg.tasks) if self.tasks else []
+
+
 class SelectConfig(StrictModel):
     """``eval.select``: which kept checkpoint the later stages take."""
 

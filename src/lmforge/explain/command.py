@@ -24,7 +24,8 @@ def explain(recipe, overrides, run_dir, text, task, examples, target, checkpoint
     """Explain a model's prediction: token attributions (Integrated Gradients, gradient x input, occlusion,
     Shapley sampling) each with deletion / insertion curves and AOPC, attention maps and rollout, the logit lens,
     the weight matrices' spectra and, for a classification task, permutation importance: explain/<example>.html
-    (self-contained), explain/index.html, PNG figures, attributions.json and summary.json. Not part of lmforge run.
+    (self-contained), explain/index.html, PNG figures, attributions.json and summary.json.
+    Also a stage of lmforge run (when the recipe has its section).
     """
     from lmforge.errors import ExplainError
     from lmforge.explain.config import ExplainConfig

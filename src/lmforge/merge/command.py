@@ -17,7 +17,8 @@ from lmforge.command import common_options, device_for, require_run_dir, resolve
 def merge(recipe, overrides, run_dir, inputs, method):
     """Merge two or more models of one architecture and tokenizer (soups, task arithmetic, TIES, DARE, SLERP),
     tensor by tensor, into <run>/merge/model.safetensors (--checkpoint merged), and evaluate the merge against
-    its inputs, the base and their ensemble: merge/summary.md and summary.json. Not part of lmforge run.
+    its inputs, the base and their ensemble: merge/summary.md and summary.json.
+    Also a stage of lmforge run (when the recipe has its section).
     """
     import json
 

@@ -18,6 +18,7 @@ from lmforge.evaluate.report import HEADLINE
 from lmforge.evaluate.stage import validation_figures, validation_tokens
 from lmforge.evaluate.task_eval import EvalSettings, score_task, summarize
 from lmforge.evaluate.task_sources import builtin_tasks, load_user_tasks
+from lmforge.merge.config import MergeConfig
 from lmforge.model.ensemble import Ensemble
 from lmforge.recipe import RunConfig
 from lmforge.rundir import RunDir
@@ -28,8 +29,7 @@ MERGED, ENSEMBLE, VOTE = "merged", "ensemble", "vote"
 
 def _val(run: RunDir, cfg: RunConfig, plan):
     val = validation_tokens(run, cfg, plan.tokenizer, stage="merge")
-    windows = None if cfg.eval.max_tokens is None else max(1, cfg.eval.max_tokens // plan.seq_len)
-    return val, windows
+    return val, (cfg.merge or MergeConfig()).quality.max_windows(cfg.eval, plan.seq_len)
 
 
 def held_out_loss(run: RunDir, cfg: RunConfig, plan, path: Path, device) -> float:
@@ -45,8 +45,9 @@ def evaluate_merge(run: RunDir, cfg: RunConfig, plan, output: Path, device) -> d
     settings = EvalSettings.of(cfg.eval)
     val, windows = _val(run, cfg, plan)
     tokenizer = load_tokenizer(run.tokenizer) if plan.tokenizer is None else model_tokenizer(plan.tokenizer)
-    tasks = load_user_tasks(cfg.eval.tasks, "eval.tasks")
-    if BUILTIN in cfg.eval.tasks:
+    names = (cfg.merge or MergeConfig()).quality.task_names(cfg.eval)
+    tasks = load_user_tasks(names, "eval.tasks")
+    if BUILTIN in names:
         tasks += builtin_tasks(run, run.stage_dir("merge") / "tasks", cfg.seed, cfg.eval.builtin_examples, tokenizer,
                                plan.dims.context_length)[0]
     bytes_per_token = val.num_bytes / max(1, val.num_tokens)

@@ -46,6 +46,9 @@ class MergePlan:
     weights: list[float]
 
 
+CHECKPOINTS = "checkpoints"  # in merge.inputs: every kept checkpoint of the run
+
+
 def merge_settings(cfg: RunConfig) -> MergeConfig:
     return cfg.merge or MergeConfig()
 
@@ -54,11 +57,14 @@ def check_merge(run: RunDir, cfg: RunConfig) -> MergePlan:
     """The inputs (and base) picked and read as far as their headers: two or more, the same architecture and
     shapes and the same tokenizer (by hash), and what the method needs."""
     mc = merge_settings(cfg)
-    if len(mc.inputs) < 2:
-        raise MergeError(f"merge.inputs: give two or more models to merge (got {len(mc.inputs)})")
+    entries = expand_inputs(run, mc.inputs)
+    if len(entries) < 2:
+        raise MergeError(f"merge.inputs: give two or more models to merge (got {len(entries)})")
+    if mc.weights is not None and len(mc.weights) != len(entries):
+        raise MergeError(f"merge.weights: {len(mc.weights)} value(s) for {len(entries)} input(s)")
     if mc.method in TASK_METHODS and mc.base is None:
         raise MergeError(f"merge.method={mc.method} needs merge.base (the model the deltas are taken from)")
-    named = [(f"merge.inputs[{i}]", entry) for i, entry in enumerate(mc.inputs)]
+    named = [(f"merge.inputs[{i}]", entry) for i, entry in enumerate(entries)]
     if mc.base is not None:
         named.append(("merge.base", mc.base))
     picked = [(pick(run, entry).absolute(), where) for where, entry in named]
@@ -85,9 +91,24 @@ def check_merge(run: RunDir, cfg: RunConfig) -> MergePlan:
         if not need.exists():
             raise MergeError(f"{need}: not found; the merge is evaluated on the run's validation data (run lmforge "
                              "data first, or set merge.evaluate=false)")
-    weights = list(mc.weights) if mc.weights is not None else [1.0] * len(mc.inputs)
-    inputs, base = sources[:len(mc.inputs)], (sources[-1] if mc.base is not None else None)
+    weights = list(mc.weights) if mc.weights is not None else [1.0] * len(entries)
+    inputs, base = sources[:len(entries)], (sources[-1] if mc.base is not None else None)
     return MergePlan(inputs, base, first.dims, checkpoint_seq_len(first.path), foreign, weights)
+
+
+def expand_inputs(run: RunDir, inputs: list[str]) -> list:
+    """``merge.inputs`` with ``checkpoints`` replaced by every kept checkpoint of the run's training, oldest first
+    (a soup of one run's checkpoints)."""
+    out = []
+    for entry in inputs:
+        if entry != CHECKPOINTS:
+            out.append(entry)
+            continue
+        kept = run.list_checkpoints()
+        if not kept:
+            raise MergeError(f"merge.inputs: {CHECKPOINTS}: {run.checkpoints} holds no checkpoint; train first")
+        out.extend(path for _, path in kept)
+    return out
 
 
 def _seed(seed: int, tensor: int, model: int) -> int:

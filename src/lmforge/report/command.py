@@ -9,16 +9,13 @@ import click
 
 from lmforge.command import output_flags
 
-# The stages the pipeline's table is getting (in this order, after sample); those not in pipeline.NAMES yet are
-# listed after it so that the report shows them as "not run". Delete once they are all in NAMES.
-LATER = ("finetune", "merge", "compress", "explain", "attack", "secure", "report")
 COMPARE_FILE = "report-compare.html"
 
 
 def stage_names() -> list[str]:
     from lmforge.pipeline import NAMES
 
-    return list(NAMES) + [n for n in LATER if n not in NAMES]
+    return list(NAMES)
 
 
 @click.command()

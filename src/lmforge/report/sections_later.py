@@ -4,6 +4,7 @@ and the signed, encrypted result. Each is built from the stage's summary.json an
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from lmforge.report.html import data_uri, esc, figure, figures, fmt, num, table
 from lmforge.report.runread import RunData, read_json
@@ -54,7 +55,12 @@ def merge(data: RunData, s: dict) -> tuple[str, set[str]]:
         out += "<p>Merged model beats every input on: " + ", ".join(
             f"{esc(k)} <strong>{'yes' if v else 'no'}</strong>" for k, v in verdict.items()) + "</p>"
     if s.get("soup"):
-        out += "<h3>Greedy soup</h3>" + table(["key", "value"], [[k, fmt(v)] for k, v in s["soup"].items()])
+        inputs = s.get("inputs") or []
+        out += "<h3>Greedy soup</h3><p>Inputs in order of their held-out loss; each joins the soup only if the "
+        out += "soup's held-out loss does not get worse.</p>" + table(
+            ["input", "held-out loss of the soup with it", "kept"],
+            [[Path(str(inputs[step["input"]])).name if step.get("input", -1) < len(inputs) else fmt(step.get("input")),
+              fmt(step.get("loss")), "yes" if step.get("kept") else "no"] for step in s["soup"]])
         shown.add("soup")
     return out, shown | ({"evaluation"} if evaluation else set())
 
@@ -167,8 +173,10 @@ def secure(data: RunData, s: dict) -> tuple[str, set[str]]:
         good = bool(s["verified"])
         out += (f'<p>Signature check: <strong style="color:var(--{"good" if good else "bad"})">'
                 f'{"verified" if good else "NOT verified"}</strong></p>')
-    body, shown = _pairs(s, [("model", "signed model"), ("signature", "signature"), ("encrypted", "encrypted copy"),
-                             ("private_key", "private key (keep it secret)"), ("segment_size", "segment size (bytes)")])
+    body, shown = _pairs(s, [("model", "protected model"), ("output", "written as"), ("signature", "signature"),
+                             ("encrypted", "encrypted copy"), ("private_key", "private key (keep it secret)"),
+                             ("signing_public_key", "signer's public key"), ("segment_size", "segment size (bytes)"),
+                             ("note", "note")])
     out += body
     if s.get("signed_files"):
         out += "<h3>Signed files (SHA-256)</h3>" + table(["file", "sha256"], [[k, str(v)] for k, v in

@@ -19,7 +19,8 @@ def finetune(recipe, overrides, run_dir, base, resume, redo):
     """Fine-tune a trained model on the run's data: fully, with parts frozen, or with LoRA adapters (peft).
 
     Writes <run>/finetune/: checkpoints, metrics.jsonl, summary.json, and for LoRA adapter/ in peft's format
-    for the model's Hugging Face export (lmforge export --format hf). Not part of lmforge run.
+    for the model's Hugging Face export (lmforge export --format hf).
+    Also a stage of lmforge run (when the recipe has its section).
     """
     from lmforge.core.atomic import atomic_write_text
     from lmforge.distributed.context import init_distributed, shutdown

@@ -46,11 +46,21 @@ STAGE = "finetune"
 
 class FinetuneRunDir(RunDir):
     """The run directory as the training loop sees it while fine-tuning: the base's tokenizer, the run's
-    token shards or fine-tuning's own (``transfer.data``), with checkpoints and metrics under ``<run>/finetune/``."""
+    token shards or fine-tuning's own (``transfer.data``), with checkpoints and metrics under ``<run>/finetune/``
+    (or ``<run>/<folder>/``: the attack stage's adversarially fine-tuned copy)."""
 
-    def __init__(self, run: RunDir, data: FinetuneData | None = None):
+    def __init__(self, run: RunDir, data: FinetuneData | None = None, folder: str = STAGE):
         super().__init__(run.root)
-        self.run, self.data = run, data
+        self.run, self.data, self.folder = run, data, folder
+
+    @property
+    def own(self) -> Path:
+        """Where this fine-tuning writes."""
+        return self.root / self.folder
+
+    @property
+    def summary_file(self) -> Path:
+        return self.own / "summary.json"
 
     @property
     def tokenizer(self) -> Path:
@@ -58,24 +68,24 @@ class FinetuneRunDir(RunDir):
 
     def tokens(self, split: str) -> Path:
         if self.data is not None and self.data.own_tokens:
-            return self.stage_dir(STAGE) / "tokens" / split
+            return self.own / "tokens" / split
         return self.run.tokens(split)
 
     @property
     def checkpoints(self) -> Path:
-        return self.stage_dir(STAGE) / "checkpoints"
+        return self.own / "checkpoints"
 
     @property
     def metrics(self) -> Path:
-        return self.stage_dir(STAGE) / "metrics.jsonl"
+        return self.own / "metrics.jsonl"
 
     @property
     def adapter(self) -> Path:
-        return self.stage_dir(STAGE) / "adapter"
+        return self.own / "adapter"
 
     @property
     def model_file(self) -> Path:
-        return self.run.finetuned_model
+        return self.run.finetuned_model if self.folder == STAGE else self.own / "model.safetensors"
 
 
 @dataclasses.dataclass
@@ -91,6 +101,7 @@ class FinetunePlan:
     data: FinetuneData
     batches: SftBatches | ClassBatches | None = None  # objectives sft, classification: the examples, split
     task: Task | None = None  # objective classification: the test examples, as an evaluation task
+    folder: str = STAGE  # where it writes, under the run directory
 
 
 def finetune_settings(cfg: RunConfig) -> FinetuneConfig:
@@ -146,7 +157,8 @@ def check_base(run: RunDir, base: Path, dims: ModelDims, data: FinetuneData) -> 
                             "base's tokenizer: pack the data with it)")
 
 
-def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False) -> FinetunePlan:
+def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False,
+                   folder: str = STAGE) -> FinetunePlan:
     """Everything that can be refused, before anything is written: the base, the freezing patterns, the
     LoRA targets, the sequence length, existing checkpoints without --resume (or ``redo``: they will go)."""
     fc = finetune_settings(cfg)
@@ -175,10 +187,10 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
     if fc.data is not None and fc.objective != "sft":
         raise FinetuneError("finetune.data is read by objective sft only (finetune.objective=sft); objective "
                             "causal_lm trains on token shards (the run's, or finetune.sources')")
-    ft_run = FinetuneRunDir(run, data)
+    ft_run = FinetuneRunDir(run, data, folder)
     latest = ft_run.latest_checkpoint()
     if latest is not None and not (resume or redo):
-        raise FinetuneError(f"{ft_run.stage_dir(STAGE)} already holds fine-tuning checkpoints (latest: step "
+        raise FinetuneError(f"{ft_run.own} already holds fine-tuning checkpoints (latest: step "
                             f"{latest[0]}); pass --resume to continue, or --redo to fine-tune over")
     with torch.device("meta"):  # names and shapes only
         model = Decoder(dims)
@@ -195,7 +207,7 @@ def check_finetune(run: RunDir, cfg: RunConfig, resume: bool, redo: bool = False
         trainable = lambda name, param=None: is_lora_parameter(name) or (head and name == HEAD)  # noqa: E731
     total = count_parameters(model)
     share = sum(p.numel() for n, p in model.named_parameters() if trainable is None or trainable(n, p))
-    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, data, batches, task)
+    return FinetunePlan(base, dims, tcfg, trainable, targets, share, total, data, batches, task, folder)
 
 
 def check_labels(cfg: RunConfig, fc: FinetuneConfig) -> None:
@@ -251,12 +263,12 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
     from lmforge.train.loop import train
 
     fc = finetune_settings(cfg)
-    ft_run = FinetuneRunDir(run, plan.data)
-    ft_run.stage_summary(STAGE).unlink(missing_ok=True)
-    data_figures = prepare_data(run, ft_run.stage_dir(STAGE), cfg, plan.data)
+    ft_run = FinetuneRunDir(run, plan.data, plan.folder)
+    ft_run.summary_file.unlink(missing_ok=True)
+    data_figures = prepare_data(run, ft_run.own, cfg, plan.data)
     if fc.objective == "classification" and plan.batches is None:  # from finetune.sources, curated just now
         batches, task = classification_data(run, cfg, plan.data, sequence_length(plan.cfg.train, plan.dims.context_length),
-                                            ft_run.stage_dir(STAGE) / "data")
+                                            ft_run.own / "data")
         more = (len(batches.labels) - 2) * plan.dims.d_model  # the head's rows beyond the two counted
         plan = dataclasses.replace(plan, batches=batches, task=task, parameters=plan.parameters + more,
                                    trainable_parameters=plan.trainable_parameters + more)
@@ -277,7 +289,7 @@ def run_finetune(run: RunDir, cfg: RunConfig, ctx, plan: FinetunePlan, resume: b
     if isinstance(plan.batches, ClassBatches):
         summary |= classifier_outputs(ft_run, plan, fc, cfg, ctx.device)
     summary |= write_outputs(ft_run, plan, fc)
-    atomic_write_json(ft_run.stage_summary(STAGE), summary)
+    atomic_write_json(ft_run.summary_file, summary)
     return summary
 
 
@@ -298,7 +310,7 @@ def classifier_outputs(ft_run: FinetuneRunDir, plan: FinetunePlan, fc: FinetuneC
     settings = EvalSettings.of(cfg.eval)
     seq_len = state["resume_key"]["seq_len"]
     scored, entry = score_classifier(model.to(device).eval(), plan.batches, plan.task, settings, seq_len, device)
-    entry["files"] = write_task_files(scored, entry, ft_run.stage_dir(STAGE) / "test")
+    entry["files"] = write_task_files(scored, entry, ft_run.own / "test")
     out = {"labels": plan.batches.labels, "train_examples": len(plan.batches.train),
            "val_examples": len(plan.batches.val), "test": entry}
     if fc.task is not None:
