@@ -34,7 +34,10 @@ def one_run(extra: list[str]) -> tuple[float, dict[str, float]]:
         if done.returncode != 0:
             sys.exit(f"lmforge run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         stages = json.loads((run_dir / "stages.json").read_text())
-        return seconds, {name: entry["seconds"] for name, entry in stages.items()}
+        lines = json.loads((run_dir / "summary.json").read_text())["stages"]
+        for entry in lines:
+            print(f"  {entry['stage']:<10} {entry['headline']}")
+        return seconds, {entry["stage"]: stages[entry["stage"]]["seconds"] for entry in lines}
 
 
 def main() -> None:

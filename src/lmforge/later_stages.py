@@ -1,7 +1,7 @@
 """How the pipeline runs the stages after sampling (its table's rows call these): each one the same work as its
-command, checked and run when its turn comes (what it reads is made by the stages before it, so it cannot be
-checked before the run starts). Each starts over when it runs: a later stage runs only when it is not done with
-this recipe, and then what it wrote before is out of date (fine-tuning, with --resume, continues instead)."""
+command, checked when its turn comes (what it reads is made by the stages before it, so it cannot be checked
+before the run starts), before the pipeline forgets its earlier result. A later stage runs only when it is not
+done with this recipe, and then starts over (fine-tuning, with --resume, continues instead)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,16 @@ def _device(cfg: RunConfig):
     return pick_device(cfg.train.device)
 
 
-def finetune(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
-    from lmforge.distributed.context import init_distributed, shutdown
-    from lmforge.transfer.stage import STAGE, check_finetune, run_finetune
+def check_finetune(run: RunDir, cfg: RunConfig, opts):
+    from lmforge.transfer.stage import check_finetune as check
 
-    plan = check_finetune(run, cfg, opts.resume, redo=not opts.resume)
+    return check(run, cfg, opts.resume, redo=not opts.resume)  # without --resume, earlier checkpoints go
+
+
+def finetune(run: RunDir, cfg: RunConfig, opts, plan) -> dict:
+    from lmforge.distributed.context import init_distributed, shutdown
+    from lmforge.transfer.stage import STAGE, run_finetune
+
     if not opts.resume:
         shutil.rmtree(run.stage_dir(STAGE), ignore_errors=True)
     ctx = init_distributed(cfg.train.device)
@@ -30,35 +35,64 @@ def finetune(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
         shutdown(ctx)
 
 
-def merge(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
-    from lmforge.merge.stage import check_merge, run_merge
+def check_merge(run: RunDir, cfg: RunConfig, opts):
+    from lmforge.merge.stage import check_merge as check
 
-    return run_merge(run, cfg, check_merge(run, cfg), _device(cfg))
-
-
-def compress(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
-    from lmforge.compress.stage import check_compress, run_compress
-
-    return run_compress(run, cfg, check_compress(run, cfg), _device(cfg))
+    return check(run, cfg)
 
 
-def explain(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
-    from lmforge.explain.stage import check_explain, run_explain
+def merge(run: RunDir, cfg: RunConfig, opts, plan) -> dict:
+    from lmforge.merge.stage import run_merge
 
-    device = _device(cfg)
-    return run_explain(run, cfg, check_explain(run, cfg, device), device)
+    return run_merge(run, cfg, plan, _device(cfg))
 
 
-def attack(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
+def check_compress(run: RunDir, cfg: RunConfig, opts):
+    from lmforge.compress.stage import check_compress as check
+
+    return check(run, cfg)
+
+
+def compress(run: RunDir, cfg: RunConfig, opts, plan) -> dict:
+    from lmforge.compress.stage import run_compress
+
+    return run_compress(run, cfg, plan, _device(cfg))
+
+
+def check_explain(run: RunDir, cfg: RunConfig, opts):
+    from lmforge.explain.stage import check_explain as check
+
+    return check(run, cfg, _device(cfg))
+
+
+def explain(run: RunDir, cfg: RunConfig, opts, plan) -> dict:
+    from lmforge.explain.stage import run_explain
+
+    return run_explain(run, cfg, plan, _device(cfg))
+
+
+def check_attack(run: RunDir, cfg: RunConfig, opts):
+    from lmforge.attack.stage import check_attack as check
+
+    return check(run, cfg, _device(cfg))
+
+
+def attack(run: RunDir, cfg: RunConfig, opts, plan) -> dict:
     from lmforge.attack.harden import attack_with_hardening
 
-    return attack_with_hardening(run, cfg, _device(cfg), opts.resume)
+    return attack_with_hardening(run, cfg, _device(cfg), opts.resume, plan)
 
 
-def secure(run: RunDir, cfg: RunConfig, opts, checked) -> dict:
-    from lmforge.secure.stage import check_secure, run_secure
+def check_secure(run: RunDir, cfg: RunConfig, opts):
+    from lmforge.secure.stage import check_secure as check
 
-    return run_secure(run, cfg, check_secure(run, cfg))
+    return check(run, cfg)
+
+
+def secure(run: RunDir, cfg: RunConfig, opts, plan) -> dict:
+    from lmforge.secure.stage import run_secure
+
+    return run_secure(run, cfg, plan)
 
 
 def report(run: RunDir, cfg: RunConfig, opts, checked) -> dict:

@@ -8,7 +8,12 @@ stages (``rerun_on_change``) are simply run again. A command either runs one sta
 exist (``run_stage``) or a stage with everything it needs first (``run_through``); ``lmforge run`` runs
 the stages the recipe chooses (``chosen_stages``).
 
-Adding a stage: one row here, its command, its recipe section; nothing else outside its folder.
+The later stages (finetune to secure) run when the recipe has their section (``chosen_stages``); what they
+read is made by the stages before them, so each is checked when its turn comes (``check_when_due``), and is
+simply run again when its recipe changed. The report always runs last.
+
+Adding a stage: one row here (a later stage's check and run in ``later_stages``), its command, its recipe
+section; nothing else outside its folder.
 """
 
 from __future__ import annotations
@@ -98,8 +103,11 @@ class Stage:
     rerun_on_change: bool = False  # cheap: a changed recipe reruns it instead of being refused
     resumes: bool = False  # --resume continues it with a changed recipe (its own checks decide what may change)
     always: bool = False  # runs every time (the report of what is there now)
+    check_when_due: bool = False  # check just before it runs (what it checks is made by the stages before it)
 
 
+LATE = {"rerun_on_change": True, "check_when_due": True}  # the later stages: checked when their turn comes, run
+# again (from scratch) when their recipe changed
 STAGES: tuple[Stage, ...] = (
     Stage("curate", ("seed", "data"), (), lambda run, cfg, opts, checked: run_curate(run, cfg),
           lambda run: [run.train_docs, run.val_docs], "data",
@@ -116,24 +124,24 @@ STAGES: tuple[Stage, ...] = (
           check=_check_eval, rerun_on_change=True),
     Stage("sample", ("generate",), ("train",), _sample, lambda run: [run.samples], "generate",
           "continue the recipe's prompt with the trained model", rerun_on_change=True),
-    # the later stages: each checked when its turn comes, and run again (from scratch) when its recipe changed
     Stage("finetune", ("finetune",), ("eval",), later_.finetune, lambda run: [run.finetuned_model], "finetune",
-          "fine-tune the selected checkpoint (LoRA, frozen or full; a classification head)", rerun_on_change=True,
-          resumes=True),
+          "fine-tune the selected checkpoint (LoRA, frozen or full; a classification head)",
+          check=later_.check_finetune, **LATE, resumes=True),
     Stage("merge", ("merge",), ("eval",), later_.merge, lambda run: [run.merged_model], "merge",
           "merge checkpoints or fine-tunes (greedy soup, task arithmetic, TIES, ...), evaluated against its inputs",
-          rerun_on_change=True),
+          check=later_.check_merge, **LATE),
     Stage("compress", ("compress",), ("eval",), later_.compress, lambda run: [run.stage_summary("compress")],
           "compress", "int8, pruned and distilled variants and their size / speed / quality table",
-          rerun_on_change=True),
+          check=later_.check_compress, **LATE),
     Stage("explain", ("explain",), ("eval",), later_.explain, lambda run: [run.stage_summary("explain")], "explain",
-          "attributions with their faithfulness, attention, logit lens and weight anatomy", rerun_on_change=True),
+          "attributions with their faithfulness, attention, logit lens and weight anatomy",
+          check=later_.check_explain, **LATE),
     Stage("attack", ("attack",), ("finetune",), later_.attack, lambda run: [run.stage_summary("attack")], "attack",
           "attack the fine-tuned model, before and after adversarial fine-tuning (attack.harden)",
-          rerun_on_change=True),
+          check=later_.check_attack, **LATE),
     Stage("secure", ("secure",), ("eval",), later_.secure, lambda run: [run.stage_summary("secure")], "secure",
-          "sign and encrypt the final model with keys made for the run (kept in <run>/secure/keys/)",
-          rerun_on_change=True),
+          "sign and encrypt the selected model with keys made for the run (kept in <run>/secure/keys/)",
+          check=later_.check_secure, **LATE),
     Stage("report", (), (), later_.report, lambda run: [run.root / "report.html"], "report",
           "write <run>/report.html: the whole run in one self-contained page", rerun_on_change=True, always=True),
 )
@@ -242,7 +250,8 @@ def check_fits(run: RunDir, cfg: RunConfig, names, *, redo=(), resume: bool = Fa
 
 def check_stages(run: RunDir, cfg: RunConfig, names, opts: Options) -> dict:
     """Every stage's own check (bad options, layouts, checkpoints), before anything is written."""
-    return {n: BY_NAME[n].check(run, cfg, opts) for n in names if BY_NAME[n].check is not None}
+    return {n: BY_NAME[n].check(run, cfg, opts) for n in names
+            if BY_NAME[n].check is not None and not BY_NAME[n].check_when_due}
 
 
 def prepare(run: RunDir, cfg: RunConfig, *, redo=(), keep_recipe: bool = False) -> None:
@@ -279,6 +288,8 @@ def run_stage(run: RunDir, cfg: RunConfig, name: str, opts: Options = Options(),
     if not again and is_done(run, cfg, name):
         info(f"[dim]{name}: already done, skipped[/dim]")
         return json.loads(run.stage_summary(name).read_text())
+    if BY_NAME[name].check_when_due:  # before its earlier result is forgotten: a refusal leaves it as it was
+        checked = BY_NAME[name].check(run, cfg, opts)
     if opts.writes:  # what came after it is out of date now; its own record stays until it succeeds (a run
         # that fails leaves the fingerprint it had, so a changed recipe is still refused, but not its summary)
         _forget(run, later(name)[1:])

@@ -74,7 +74,7 @@ def test_missing_recipe_and_bad_arguments(tmp_path):
                                  "default, tune)")
     code, _, err = run_cli("run", "debug", "--run-dir", str(tmp_path / "run"), "--redo", "everything")
     assert_error_line(code, err, "error: --redo everything: unknown stage (stages: curate, tokenizer, pack, train, "
-                                 "eval, sample)")
+                                 "eval, sample, finetune, merge, compress, explain, attack, secure, report)")
     code, _, err = run_cli("train", "--nproc", "0")
     assert_error_line(code, err, "error: Invalid value for '--nproc': 0 is not in the range x>=1.")
     code, _, err = run_cli("eval", "--run-dir", str(tmp_path / "absent"))

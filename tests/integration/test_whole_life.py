@@ -107,6 +107,31 @@ def test_a_rerun_skips_every_finished_stage_and_a_changed_later_stage_reruns_alo
         assert os.stat(copy / name / "summary.json").st_mtime_ns == before[name], name
 
 
+def test_the_secure_stage_reruns_alone_with_the_runs_keys(whole_life, tmp_path):
+    run, _ = whole_life
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    keys = {p: p.read_bytes() for p in sorted((copy / "secure" / "keys").rglob("*.pem"))}
+    assert len(keys) == 4
+    code, out, err = run_cli("secure", "release", "--run-dir", str(copy), "--checkpoint", "finetuned")
+    assert code == 0, err
+    summary = json.loads((copy / "secure" / "summary.json").read_text())
+    assert summary["model"] == str(copy / "finetune" / "model.safetensors") and summary["verified"] is True
+    assert {p: p.read_bytes() for p in keys} == keys  # the same keys: earlier encrypted copies still open
+    assert out.startswith("signed and encrypted ") and out.rstrip().endswith("(verified)")
+
+
+def test_a_bad_later_stage_setting_is_one_line_when_its_turn_comes_and_loses_nothing(whole_life, tmp_path):
+    run, _ = whole_life
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    kept = {rel: (copy / rel).read_bytes() for rel in ["stages.json", "finetune/summary.json", "attack/summary.json",
+                                                       "finetune/model.safetensors"]}
+    code, _, err = run_cli("run", "--run-dir", str(copy), *SETS, "--set", "finetune.task=no_such_task")
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "no_such_task" in err, err
+    assert {rel: (copy / rel).read_bytes() for rel in kept} == kept  # the earlier fine-tune is still done
+
+
 NAMED = "(stages: " + ", ".join(ALL) + ")"
 
 

@@ -46,11 +46,11 @@ def harden(run: RunDir, cfg: RunConfig, resume: bool = False) -> tuple[RunConfig
     return cfg.model_copy(update={"attack": ac.model_copy(update={"compare": compare})}), summary
 
 
-def attack_with_hardening(run: RunDir, cfg: RunConfig, device, resume: bool = False) -> dict:
-    """The attack stage: the attack checked first (bad settings are refused before minutes of hardening), the
-    hardened model made when ``attack.harden`` asks for it, then every model attacked; returns the summary (with
-    the hardening's fine-tuning summary under ``harden``)."""
-    plan = check_attack(run, cfg, device)
+def attack_with_hardening(run: RunDir, cfg: RunConfig, device, resume: bool = False, plan=None) -> dict:
+    """The attack stage: the attack checked first (``plan``, or checked here: bad settings are refused before
+    minutes of hardening), the hardened model made when ``attack.harden`` asks for it, then every model attacked;
+    returns the summary (with the hardening's fine-tuning summary under ``harden``)."""
+    plan = plan or check_attack(run, cfg, device)
     cfg, hardening = harden(run, cfg, resume)
     if hardening is not None:
         plan = check_attack(run, cfg, device)

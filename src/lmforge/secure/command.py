@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from lmforge.command import output_flags
+from lmforge.command import common_options, output_flags, require_run_dir, resolve
 from lmforge.errors import SecureError
 
 PATH = click.Path(path_type=Path)
@@ -26,7 +26,27 @@ def _passphrase(confirm: bool) -> str:
 
 @click.group()
 def secure() -> None:
-    """Key pairs, encrypted checkpoints (a streaming AES-256-GCM envelope) and OpenSSF model signatures."""
+    """Key pairs, encrypted checkpoints (a streaming AES-256-GCM envelope) and OpenSSF model signatures; `lmforge
+    secure release` is the secure stage of lmforge run."""
+
+
+@secure.command()
+@common_options
+@click.option("--checkpoint", help="The model to protect (overrides secure.checkpoint): selected, latest, best, "
+              "finetuned, merged, or a path the loader opens.")
+def release(recipe, overrides, run_dir, checkpoint) -> None:
+    """The secure stage of lmforge run alone: export the run's model signed (EC P-256) and encrypted (X25519) with
+    keys made for the run and kept in <run>/secure/keys/ (reused when there), then verify it by its signature
+    and by loading it back: secure/model.safetensors.enc, its .sig, secure/summary.json (recipe section secure:)."""
+    from lmforge.secure.stage import check_secure, run_secure
+
+    if checkpoint is not None:
+        overrides = (*overrides, f"secure.checkpoint={checkpoint}")
+    cfg, run = resolve(recipe, run_dir, overrides)
+    require_run_dir(run)
+    summary = run_secure(run, cfg, check_secure(run, cfg))  # refuses bad input before anything is written
+    did = " and ".join(w for w, key in (("signed", "signature"), ("encrypted", "encrypted")) if summary.get(key))
+    click.echo(f"{did} {summary['model']} -> {run.root / summary['output']} (verified)")
 
 
 @secure.command()
