@@ -245,9 +245,10 @@ def test_rerun_after_the_driver_is_killed_skips_finished_shards(cluster, corpus,
         proc = curate_process(config(corpus, "ray", address), out)
         # one task sleeps in its shard while the other worker finishes shards, which the driver stores
         wait_for(lambda: (pause / "pid").exists() and len(list(work.glob("shard_*.json"))) >= 2, proc)
+        worker = paused_worker(pause)  # before the driver dies: Ray then ends its workers (an exiting one has no
+        # command line left to check)
         os.killpg(proc.pid, signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
-        worker = paused_worker(pause)
         try:
             os.kill(worker, signal.SIGKILL)  # Ray ends a dead driver's workers too; do not wait for it
         except ProcessLookupError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 
 def _n(value, spec: str = ",") -> str:
@@ -113,8 +114,9 @@ def attack(s: dict) -> str:
 def secure(s: dict) -> str:
     did = [w for w, key in (("signed", "signature"), ("encrypted", "encrypted")) if s.get(key)]
     out = f"{' and '.join(did) or 'nothing done'}; {'verified' if s.get('verified') else 'NOT verified'}"
-    if s.get("private_key"):
-        out += f"; private key kept in the run directory: {s['private_key']}"
+    keys = [k for k in (s.get("private_key"), s.get("signing_public_key")) if k]
+    if keys:  # the private keys lie beside the public ones
+        out += f"; the private keys are kept in the run directory: {Path(keys[0]).parent.parent}/ (move them)"
     return out
 
 
