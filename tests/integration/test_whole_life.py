@@ -84,7 +84,7 @@ def test_the_summary_has_one_line_per_stage_and_the_report_every_section(whole_l
     assert lines["secure"].startswith("signed and encrypted; verified")
     page = (run / "report.html").read_text()
     for title in ["Fine-tuning", "Merging", "Compression", "Attributions and anatomy", "Robustness",
-                  "Signature and encryption", "Greedy soup"]:
+                  "Signature and encryption", "Greedy soup", "Adversarial fine-tuning (attack.harden)"]:
         assert title in page, title
     assert "Not run:" not in page
 

@@ -103,11 +103,11 @@ def explain(s: dict) -> str:
 def attack(s: dict) -> str:
     parts = []
     for model in s.get("models") or []:
-        worst = min((a["accuracy_under_attack"] for a in (model.get("attacks") or {}).values()
-                     if a.get("accuracy_under_attack") is not None), default=None)
+        under = [a["accuracy_under_attack"] for a in (model.get("attacks") or {}).values()
+                 if a.get("accuracy_under_attack") is not None]
         label = "hardened" if model.get("adversarial") else "model"
-        parts.append(f"{label}: clean accuracy {_n(model.get('clean_accuracy'), '.3f')}, worst under attack "
-                     f"{_n(worst, '.3f')}")
+        parts.append(f"{label}: clean accuracy {_n(model.get('clean_accuracy'), '.3f')}, under attack "
+                     f"{_n(sum(under) / len(under) if under else None, '.3f')} (mean of {len(under)} attacks)")
     return f"{s.get('examples')} examples; " + "; ".join(parts)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from lmforge.report.html import data_uri, esc, figure, figures, fmt, num, table
+from lmforge.report.html import data_uri, esc, figure, figures, fmt, interval, num, table
 from lmforge.report.runread import RunData, read_json
 
 
@@ -164,6 +164,17 @@ def attack(data: RunData, s: dict) -> tuple[str, set[str]]:
     rows = [row for m in models for row in _attack_rows(str(m.get("model")), m.get("attacks") or {})]
     if rows:
         out += "<h3>Robustness</h3>" + table(["model", "attack", *[c[1] for c in ATTACK_COLUMNS]], rows)
+    harden = s.get("harden")
+    if isinstance(harden, dict):  # attack.harden: the adversarially fine-tuned model attacked beside the model
+        settings = harden.get("adversarial") or {}
+        accuracy = ((harden.get("test") or {}).get("metrics") or {}).get("acc")
+        out += "<h3>Adversarial fine-tuning (attack.harden)</h3>" + table(["", ""], [
+            ["model", str(harden.get("model"))],
+            ["adversarial training", ", ".join(f"{k} {fmt(v)}" for k, v in settings.items())],
+            ["steps", fmt(harden.get("steps"))],
+            ["validation loss", f"{fmt(harden.get('base_val_loss'))} → {fmt(harden.get('final_val_loss'))}"],
+            ["test accuracy", interval(accuracy) if accuracy is not None else "-"]])
+        shown.add("harden")
     return out, shown | {"models", "attacks"}
 
 
