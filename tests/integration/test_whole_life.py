@@ -119,6 +119,13 @@ def test_the_secure_stage_reruns_alone_with_the_runs_keys(whole_life, tmp_path):
     assert summary["model"] == str(copy / "finetune" / "model.safetensors") and summary["verified"] is True
     assert {p: p.read_bytes() for p in keys} == keys  # the same keys: earlier encrypted copies still open
     assert out.startswith("signed and encrypted ") and out.rstrip().endswith("(verified)")
+    before = {p: p.read_bytes() for p in sorted((copy / "secure").rglob("*")) if p.is_file()}
+    code, _, err = run_cli("secure", "release", "--run-dir", str(copy), "--checkpoint", "nowhere")
+    assert code == 2 and err.startswith("error: secure.checkpoint: ") and err.count("\n") == 1, err
+    assert {p: p.read_bytes() for p in sorted((copy / "secure").rglob("*")) if p.is_file()} == before
+    code, _, err = run_cli("secure", "release", "--run-dir", str(tmp_path / "missing"))
+    assert_error_line(code, err, f"error: run directory {tmp_path / 'missing'} does not exist (give RECIPE or "
+                                 "--run-dir of an existing run)")
 
 
 def test_a_bad_later_stage_setting_is_one_line_when_its_turn_comes_and_loses_nothing(whole_life, tmp_path):

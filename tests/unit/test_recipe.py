@@ -101,3 +101,21 @@ def test_head_dim_sets_the_attention_width_apart_from_d_model(tmp_path):
     assert cfg.model.dims(100) == type(cfg.model).describing(dims).dims(100)  # the section that describes it
     same = load_recipe(write(tmp_path, MINIMAL), ["model.size=debug", "model.head_dim=16"]).model.dims(100)
     assert same.explicit_head_dim is None and "explicit_head_dim" not in same.to_dict()  # 4 x 16 = 64: the default
+
+
+@pytest.mark.parametrize("override, key", [
+    ("merge.quality.max_tokens=0", "merge.quality.max_tokens"),
+    ("compress.quality.tasks=maybe", "compress.quality.tasks"),
+    ("attack.harden.epsilon=-1", "attack.harden.epsilon"),
+    ("secure.segment_size=0", "secure.segment_size"),
+    ("secure.sign=false", "secure"),  # with encrypt: false below: nothing to do
+    ("stages=train", "stages"),
+])
+def test_the_whole_life_keys_refuse_bad_values_in_one_line(override, key):
+    from lmforge.errors import RecipeError
+
+    extra = ["secure.encrypt=false"] if override == "secure.sign=false" else []
+    with pytest.raises(RecipeError) as err:
+        load_recipe("default", [override, *extra])
+    message = str(err.value)
+    assert "\n" not in message and f": {key}: " in message, message

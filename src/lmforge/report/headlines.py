@@ -111,9 +111,13 @@ def attack(s: dict) -> str:
     return f"{s.get('examples')} examples; " + "; ".join(parts)
 
 
+def secure_actions(s: dict) -> str:
+    """``signed and encrypted`` (or one of them) from the secure stage's summary."""
+    return " and ".join(w for w, key in (("signed", "signature"), ("encrypted", "encrypted")) if s.get(key))
+
+
 def secure(s: dict) -> str:
-    did = [w for w, key in (("signed", "signature"), ("encrypted", "encrypted")) if s.get(key)]
-    out = f"{' and '.join(did) or 'nothing done'}; {'verified' if s.get('verified') else 'NOT verified'}"
+    out = f"{secure_actions(s) or 'nothing done'}; {'verified' if s.get('verified') else 'NOT verified'}"
     keys = [k for k in (s.get("private_key"), s.get("signing_public_key")) if k]
     if keys:  # the private keys lie beside the public ones
         out += f"; the private keys are kept in the run directory: {Path(keys[0]).parent.parent}/ (move them)"

@@ -38,6 +38,7 @@ def release(recipe, overrides, run_dir, checkpoint) -> None:
     """The secure stage of lmforge run alone: export the run's model signed (EC P-256) and encrypted (X25519) with
     keys made for the run and kept in <run>/secure/keys/ (reused when there), then verify it by its signature
     and by loading it back: secure/model.safetensors.enc, its .sig, secure/summary.json (recipe section secure:)."""
+    from lmforge.report.headlines import secure_actions
     from lmforge.secure.stage import check_secure, run_secure
 
     if checkpoint is not None:
@@ -45,8 +46,7 @@ def release(recipe, overrides, run_dir, checkpoint) -> None:
     cfg, run = resolve(recipe, run_dir, overrides)
     require_run_dir(run)
     summary = run_secure(run, cfg, check_secure(run, cfg))  # refuses bad input before anything is written
-    did = " and ".join(w for w, key in (("signed", "signature"), ("encrypted", "encrypted")) if summary.get(key))
-    click.echo(f"{did} {summary['model']} -> {run.root / summary['output']} (verified)")
+    click.echo(f"{secure_actions(summary)} {summary['model']} -> {run.root / summary['output']} (verified)")
 
 
 @secure.command()
