@@ -10,7 +10,7 @@ digests taken while writing):
 - ``small checkpoint``: a training checkpoint of the ``small`` model (vocab 16384) with its AdamW state
   (``formats.save_checkpoint``: model, optimizer and state files, the integrity manifest). Loads: ``load_model``
   with no access, with ``gate_for(None, verify_with)`` (signature verified) and with ``gate_for(key,
-  verify_with)`` (signature verified over every file, then decrypted in memory).
+  verify_with)`` (signature verified over every file, then decrypted straight into the model's weights).
 - ``big``: a model of about ``--export-gb`` GB of fp32 weights (the ``1b`` shape with as many blocks as fit), as a
   checkpoint folder without optimizer state, and as one ``lmforge export`` file (``write_exported``; a plain
   export has no manifest, so its plain load hashes nothing); the same loads. Every load is checked to give the
@@ -18,9 +18,9 @@ digests taken while writing):
 
 Each save and load is timed ``--runs`` times, the contenders interleaved, medians and ratios of medians to plain; a
 save includes the fsync of its files (what makes it durable); the files are in the page cache for the loads.
-Memory: ``lmforge secure encrypt`` and ``decrypt`` of a ``--file-gb`` GB file, each in a fresh process, peak
-resident set (``VmHWM``) less the process's resident set just before the command (imports done). The component
-speeds (AES-256-GCM over 1 MiB segments and SHA-256 on one core) are printed for context.
+Memory: the big export's plain and encrypted+signed loads, and ``lmforge secure encrypt`` and ``decrypt`` of a
+``--file-gb`` GB file, each in a fresh process, peak resident set (``VmHWM``: the pages of a mapped file count) less
+the process's resident set just before the command (imports done). The component speeds (AES-256-GCM over 1 MiB segments and SHA-256 on one core) are printed for context.
 
     python bench/secure_speed.py [--runs 5] [--export-gb 2] [--file-gb 2] [--json bench/out/secure_speed.json]
 """
@@ -72,6 +72,13 @@ def memory_worker(args) -> None:
     from lmforge.cli import main
 
     before = status_bytes("VmRSS")
+    if args[0] == "load":  # load FILE [KEY PUBLIC_KEY]: load_model, plain or through the gate
+        access = gate_for(Path(args[2]), Path(args[3])) if len(args) > 2 else None
+        loaded = load_model(Path(args[1]), access=access)
+        weights = sum(t.numel() * t.element_size() for t in loaded.model.state_dict().values())
+        peak = status_bytes("VmHWM")
+        print(json.dumps({"before": before, "peak": peak, "added": peak - before, "weights": weights}))
+        return
     try:
         main(["secure", *args, "--quiet"])
     except SystemExit as exc:
@@ -136,7 +143,11 @@ def component_speeds(gib: int = 1) -> dict:
     data = os.urandom(1 << 20)
     aead, nonce = AESGCM(os.urandom(32)), os.urandom(12)
     segments = gib * 1024
-    aes = timed(lambda: [aead.encrypt(nonce, data, None) for _ in range(segments)])
+    def seal_all():  # each ciphertext dropped at once, as a save writes it: keeping them all would time the
+        for _ in range(segments):  # first touch of 1 GiB of fresh memory instead of AES
+            aead.encrypt(nonce, data, None)
+
+    aes = timed(seal_all)
     big = data * 256
     sha = timed(lambda: [hashlib.sha256(big).digest() for _ in range(gib * 4)])
     return {"aes_gcm_gib_s": gib / aes, "sha256_gib_s": gib / sha}
@@ -225,6 +236,15 @@ def run(args, root: Path) -> dict:
         print(f"  {files['plain'].stat().st_size / GB:.2f} GB", flush=True)
         rows.append(compare("big export load (load_model)", args.runs,
                             {k: (lambda k=k: load_model(files[k], access=access[k]())) for k in files}))
+        # peak memory of a load, each in a fresh process: what the encrypted one adds to the plain one's
+        load_memory = {"plain": measure_memory(["load", str(files["plain"])]),
+                       "encrypted+signed": measure_memory(["load", str(files["encrypted+signed"]), str(enc_private),
+                                                           str(sign_public)])}
+        extra = load_memory["encrypted+signed"]["added"] - load_memory["plain"]["added"]
+        print(f"  export load, peak memory added: plain {load_memory['plain']['added'] / 2**20:,.0f} MiB, "
+              f"encrypted+signed {load_memory['encrypted+signed']['added'] / 2**20:,.0f} MiB "
+              f"({extra / 2**20:+,.1f} MiB)", flush=True)
+        rows[-1]["peak_memory"] = load_memory
         for label in files:
             clear(label)
         del model, weights

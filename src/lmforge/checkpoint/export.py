@@ -92,7 +92,7 @@ def write_exported(output: Path, weights: dict, model: dict, step: int, seq_len:
         if seal is None:
             atomic_write_with(output, lambda tmp: save_file(weights, str(tmp), metadata=metadata))
         else:
-            _, written = seal.write_file(output, safetensors_pieces(weights, metadata))
+            _, written = seal.write_file(output, safetensors_pieces(weights, metadata), plain_digest=False)
             seal.sign(output, {".": written})
     except (OSError, SafetensorError) as exc:  # nothing is left behind: the temporary file is removed
         raise LmforgeError(f"export --output {output}: cannot write there ({getattr(exc, 'strerror', None) or exc})") from exc

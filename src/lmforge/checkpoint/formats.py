@@ -156,37 +156,46 @@ def safetensors_pieces(tensors: dict[str, torch.Tensor], metadata: dict[str, str
 _DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 
 
-def tensors_in(buffer: bytearray, where) -> dict[str, torch.Tensor]:
-    """The tensors of safetensors bytes held in ``buffer`` (a decrypted file), as views of it: no copy. By hand
-    because safetensors' ``load`` takes only ``bytes`` and copies every tensor; checked as safetensors checks a
-    file (the header, each dtype and shape, byte ranges that tile the data exactly), else CheckpointError."""
-    view = memoryview(buffer)
+def safetensors_layout(head, size: int, where) -> tuple[int, dict[str, tuple[torch.dtype, list[int], int, int]]]:
+    """Where each tensor lies in safetensors bytes of ``size`` bytes in all, from ``head``, their first bytes (at
+    least the header): the offset of the data, and each tensor's dtype, shape and byte range within the data. By
+    hand (a decrypted file is never a file safetensors could open); checked as safetensors checks a file (the
+    header, each dtype and shape, byte ranges that tile the data exactly), else CheckpointError."""
+    view = memoryview(head)
     try:
         length = int.from_bytes(view[:8], "little")
         header = json.loads(bytes(view[8:8 + length])) if len(view) >= 8 and 8 + length <= len(view) else None
         entries = {k: v for k, v in header.items() if k != "__metadata__"}
-        start, spans, tensors = 8 + length, [], {}
+        start, layout = 8 + length, {}
         for name, entry in entries.items():
             dtype, shape, (begin, end) = _DTYPES[entry["dtype"]], entry["shape"], entry["data_offsets"]
             if not all(isinstance(d, int) and d >= 0 for d in shape) or not 0 <= begin <= end:
                 raise ValueError(name)
-            count = math.prod(shape)
-            if end - begin != count * torch.empty((), dtype=dtype).element_size():
+            if end - begin != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
                 raise ValueError(name)
-            spans.append((begin, end))
-            data = torch.frombuffer(view, dtype=torch.uint8, count=end - begin, offset=start + begin) \
-                if end > begin else torch.empty(0, dtype=torch.uint8)
-            tensors[name] = data.view(dtype).reshape(shape)
+            layout[name] = (dtype, shape, begin, end)
         position = 0
-        for begin, end in sorted(spans):
+        for _, _, begin, end in sorted(layout.values(), key=lambda entry: entry[2:]):
             if begin != position:
                 raise ValueError("ranges")
             position = end
-        if start + position != len(view):
+        if start + position != size:
             raise ValueError("size")
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError, UnicodeDecodeError):
         raise CheckpointError(f"checkpoint {where}: not a safetensors file (decrypted; a corrupt header or byte "
                               "ranges)") from None
+    return start, layout
+
+
+def tensors_in(buffer: bytearray, where) -> dict[str, torch.Tensor]:
+    """The tensors of safetensors bytes held in ``buffer`` (a decrypted file), as views of it: no copy (safetensors'
+    ``load`` takes only ``bytes`` and copies every tensor)."""
+    start, layout = safetensors_layout(buffer, len(buffer), where)
+    view, tensors = memoryview(buffer), {}
+    for name, (dtype, shape, begin, end) in layout.items():
+        data = torch.frombuffer(view, dtype=torch.uint8, count=end - begin, offset=start + begin) \
+            if end > begin else torch.empty(0, dtype=torch.uint8)
+        tensors[name] = data.view(dtype).reshape(shape)
     return tensors
 
 

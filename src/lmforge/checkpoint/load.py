@@ -17,6 +17,7 @@ encrypted checkpoint folder, whose manifest is then checked against the plaintex
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import dataclasses
@@ -30,7 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from lmforge.checkpoint.formats import MODEL_FILE, STATE_FILE, load_safetensors, read_state, restore_rng, tensors_in
+from lmforge.checkpoint.formats import (MODEL_FILE, STATE_FILE, load_safetensors, read_state, restore_rng,
+                                        safetensors_layout, tensors_in)
 from lmforge.checkpoint.hf_import import hf_dims, hf_tokenizer_path, hf_weights, is_hf_folder
 from lmforge.checkpoint.sharded import DCP_FORMAT, MODEL, dcp_load, full_model_tensors, load_dcp_into
 from lmforge.core.metrics import read_metrics
@@ -41,6 +43,8 @@ from lmforge.model.decoder import Decoder
 from lmforge.model.fused_layout import model_views
 from lmforge.model.quantized import quantized_decoder
 from lmforge.rundir import RunDir
+
+MAX_HEADER = 100_000_000  # bytes of a safetensors header at most (safetensors' own limit)
 
 CHOICES = ("latest", "best", "selected", "finetuned", "merged")
 ADVERSARIAL = "lmforge.adversarial"  # an exported file's: the adversarial training it had (train.AdversarialSettings, JSON)
@@ -341,7 +345,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", access=None
             load_checkpoint(path, model, optimizer=None, restore_rng_state=False, state=state)
         else:
             _require_not_sharded(path, state)
-            _load_weights(path / MODEL_FILE, model, _plaintext(path / MODEL_FILE))
+            _load_weights(path / MODEL_FILE, model)
         if labels is not None:
             state = {**state, "labels": labels}
     return LoadedModel(model.to(device).eval(), state, path, model_tokenizer_path(path))
@@ -353,24 +357,77 @@ def _require_not_sharded(path: Path, state: dict) -> None:
                               "decrypt it first (lmforge secure decrypt), or encrypt its lmforge export")
 
 
-def _load_weights(file: Path, model: nn.Module, data: bytes) -> None:
-    """A decrypted ``model.safetensors`` into ``model``, as ``formats.load_safetensors`` does from disk: a weight
-    it does not hold must be tied to one it holds (safetensors drops shared tensors' aliases)."""
-    tensors = tensors_in(data, file)
-    try:
-        missing, unexpected = model.load_state_dict(tensors, strict=False)
-    except (SafetensorError, RuntimeError) as exc:
-        raise CheckpointError(f"checkpoint {file}: cannot load weights: {str(exc).splitlines()[0]}") from None
-    held = {t.data_ptr() for name, t in model.state_dict().items() if name in tensors}
-    untied = [name for name in missing if model.state_dict()[name].data_ptr() not in held]
-    if untied or unexpected:
-        raise CheckpointError(f"checkpoint {file}: weights do not fit this model "
-                              f"(missing {sorted(untied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+def _load_weights(file: Path, model: nn.Module) -> None:
+    """An encrypted ``model.safetensors`` decrypted straight into ``model`` (``_decrypt_into``), as
+    ``formats.load_safetensors`` loads one from disk: a weight it does not hold must be tied to one it holds
+    (safetensors drops shared tensors' aliases)."""
+    start, layout = _encrypted_layout(file)
+    state = model.state_dict()
+    held = {state[name].data_ptr() for name in layout if name in state}
+    untied = [name for name in state if name not in layout and state[name].data_ptr() not in held]
+    unexpected = [name for name in layout if name not in state]
+    wrong = [name for name in layout if name in state and list(state[name].shape) != layout[name][1]]
+    if untied or unexpected or wrong:
+        raise CheckpointError(f"checkpoint {file}: weights do not fit this model (missing {sorted(untied)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]}, other shapes {sorted(wrong)[:3]})")
+    _decrypt_into(file, start, layout, state)
+
+
+def _encrypted_layout(file: Path) -> tuple[int, dict] | None:
+    """Where each tensor lies in an encrypted safetensors file (``formats.safetensors_layout``), from its first
+    segments only (each authenticated); None for a plain file."""
+    access = ACCESS.get()
+    size = None if access is None or not file.is_file() else access.plaintext_size(file)
+    if size is None:
+        return None
+    length = int.from_bytes(access.head(file, 8), "little")
+    if length > MAX_HEADER:
+        raise CheckpointError(f"checkpoint {file}: not a safetensors file (decrypted; a header of {length:,} bytes)")
+    return safetensors_layout(access.head(file, 8 + length), size, file)
+
+
+def _decrypt_into(file: Path, start: int, layout: dict, destinations: dict[str, torch.Tensor]) -> None:
+    """Decrypt safetensors ``file`` (its ``layout``) segment by segment straight into ``destinations`` (name ->
+    the model's own tensor of that shape, for every name of the layout): no buffer of the file's size, and each
+    weight written once, as a plain load copies it from the mapped file. A segment inside one tensor is decrypted
+    in place; one across tensors is copied in once authenticated. A destination of another dtype, or not
+    contiguous, gets its tensor through a staging copy. On a failed segment the caller drops the model."""
+    sinks, staged = [], []  # (begin, end, bytes) of each tensor in the file, in order
+    with torch.no_grad():
+        for name, (dtype, shape, begin, end) in sorted(layout.items(), key=lambda item: item[1][2:]):
+            dest = destinations[name]
+            if dest.dtype != dtype or not dest.is_contiguous():
+                staged.append((dest, torch.empty(shape, dtype=dtype)))
+                dest = staged[-1][1]
+            sinks.append((start + begin, start + end, dest.reshape(-1).view(torch.uint8)))
+        ends = [end for _, end, _ in sinks]
+
+        def direct(offset: int, size: int):  # the tensor memory a segment lies in whole, if one
+            i = bisect.bisect_right(ends, offset)
+            if i < len(sinks) and sinks[i][0] <= offset and offset + size <= sinks[i][1] and size:
+                begin, _, into = sinks[i]
+                return memoryview(into[offset - begin:offset - begin + size].numpy())
+            return None
+
+        def place(offset: int, segment: memoryview) -> None:  # a segment's parts into the tensors it overlaps
+            stop = offset + len(segment)
+            data = torch.frombuffer(segment, dtype=torch.uint8) if len(segment) else None
+            for begin, end, into in sinks[bisect.bisect_right(ends, offset):]:
+                if begin >= stop:
+                    break
+                lo, hi = max(begin, offset), min(end, stop)
+                if hi > lo:
+                    into[lo - begin:hi - begin].copy_(data[lo - offset:hi - offset])
+
+        ACCESS.get().decrypt_into(file, place, direct)
+        for dest, stage in staged:
+            dest.copy_(stage)
 
 
 def _decoder(dims: ModelDims, labels: list[str] | None = None) -> Decoder:
-    """``Decoder(dims)``; a classifier's with a head of one logit per label in place of the LM head."""
-    model = Decoder(dims)
+    """A ``Decoder(dims)`` to load weights into (uninitialized: every weight is then loaded); a classifier's with
+    a head of one logit per label in place of the LM head."""
+    model = Decoder.uninitialized(dims)
     if labels is not None:
         model.lm_head = nn.Linear(dims.d_model, len(labels), bias=False)
     return model
@@ -380,6 +437,11 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
     """A file of ``lmforge export``: canonical tensor names, the model dimensions in its metadata."""
     meta, dims = _exported_metadata(path)
     labels = _exported_labels(path, meta)
+    layout = None if "lmforge.quantization" in meta else _encrypted_layout(path)
+    if layout is not None:  # decrypted straight into the model
+        model, views = _decoder_for(path, dims, {name: entry[1] for name, entry in layout[1].items()}, labels)
+        _decrypt_into(path, *layout, views)
+        return model, _exported_state(meta, dims, labels)
     data = _plaintext(path)
     try:
         tensors = load_file(str(path)) if data is None else tensors_in(data, path)
@@ -393,6 +455,11 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
                                   f"({str(exc).splitlines()[0]})") from None
     else:
         model = _decoder_with(path, dims, tensors, labels)
+    return model, _exported_state(meta, dims, labels)
+
+
+def _exported_state(meta: dict, dims: ModelDims, labels: list[str] | None) -> dict:
+    """The state an exported file's metadata stands for (what a checkpoint's state.json would say)."""
     seq_len = int(meta.get("lmforge.seq_len", dims.context_length))
     state = {"step": int(meta.get("lmforge.step", 0)), "format": "export",
              "resume_key": {"model": dims.to_dict(), "seq_len": seq_len}}
@@ -402,26 +469,35 @@ def _load_exported(path: Path) -> tuple[Decoder, dict]:
         state["quantization"] = json.loads(meta["lmforge.quantization"])
     elif labels is not None:
         state["labels"] = labels
-    return model, state
+    return state
 
 
 def _decoder_with(path: Path, dims: ModelDims, tensors: dict[str, torch.Tensor],
                   labels: list[str] | None = None) -> Decoder:
     """A ``Decoder(dims)`` (a classifier's with ``labels``) holding ``tensors`` (canonical names: every weight
     once, shapes checked), in fp32."""
-    model = _decoder(dims, labels)
-    views = model_views(model, dims)
-    if set(tensors) != set(views):
-        raise CheckpointError(f"checkpoint {path}: tensors do not fit the model it describes "
-                              f"(missing {sorted(set(views) - set(tensors))[:3]}, "
-                              f"unexpected {sorted(set(tensors) - set(views))[:3]})")
+    model, views = _decoder_for(path, dims, {name: list(t.shape) for name, t in tensors.items()}, labels)
     with torch.no_grad():
         for name, view in views.items():
-            if tuple(tensors[name].shape) != tuple(view.shape):
-                raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(tensors[name].shape)}, "
-                                      f"the model {tuple(view.shape)}")
             view.copy_(tensors[name])
     return model
+
+
+def _decoder_for(path: Path, dims: ModelDims, shapes: dict[str, list[int]],
+                 labels: list[str] | None) -> tuple[Decoder, dict[str, torch.Tensor]]:
+    """An uninitialized ``Decoder(dims)`` (a classifier's with ``labels``) and its weights under canonical names,
+    once ``shapes`` (the canonical names and shapes of the tensors to load) are checked to be exactly its."""
+    model = _decoder(dims, labels)
+    views = model_views(model, dims)
+    if set(shapes) != set(views):
+        raise CheckpointError(f"checkpoint {path}: tensors do not fit the model it describes "
+                              f"(missing {sorted(set(views) - set(shapes))[:3]}, "
+                              f"unexpected {sorted(set(shapes) - set(views))[:3]})")
+    for name, view in views.items():
+        if tuple(shapes[name]) != tuple(view.shape):
+            raise CheckpointError(f"checkpoint {path}: {name} has shape {tuple(shapes[name])}, "
+                                  f"the model {tuple(view.shape)}")
+    return model, views
 
 
 def _exported_metadata(path: Path) -> tuple[dict, ModelDims]:
@@ -481,7 +557,7 @@ def consolidated_weights(path: Path, optimizer: bool = False) -> tuple[dict[str,
     if _plaintext(path / STATE_FILE) is not None:  # decrypted in memory: canonical names through the model's views
         _require_not_sharded(path, state)
         model = _decoder(dims, _state_labels(state))
-        _load_weights(path / MODEL_FILE, model, _plaintext(path / MODEL_FILE))
+        _load_weights(path / MODEL_FILE, model)
         return {k: v.detach().contiguous().clone() for k, v in model_views(model, dims).items()}, state
     if state.get("format") != DCP_FORMAT:
         return {k: v.contiguous().clone() for k, v in full_model_tensors(path, dims).items()}, state

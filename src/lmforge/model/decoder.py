@@ -145,6 +145,18 @@ class Decoder(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
 
+    @classmethod
+    def uninitialized(cls, dims: ModelDims) -> "Decoder":
+        """A Decoder whose weights are allocated but not initialized, for a loader that fills every one of them:
+        the random init (two passes over the weights) is most of the time of loading a large model otherwise."""
+        with torch.device("meta"):
+            model = cls(dims)
+        model = model.to_empty(device="cpu")  # a new parameter per module: tied weights are tied again
+        if dims.tie_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        model.rope_cos, model.rope_sin = rotary_tables(dims.head_dim, dims.context_length, dims.rope_theta)
+        return model
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """normal(init_std) everywhere; residual output projections scaled by 1/sqrt(2 n_layers) (GPT-2)."""

@@ -305,6 +305,51 @@ def decrypt_segments(path: str | Path, identity) -> Iterator[bytes]:
             yield opened.open(i, sealed)
 
 
+def _check_length(path: Path, opened: _Opened) -> None:
+    expected = len(opened.header.aad) + opened.header.size + opened.count * TAG
+    if path.stat().st_size != expected:
+        raise SecureError(f"{path}: {path.stat().st_size:,} bytes where its header describes {expected:,} "
+                          "(truncated or tampered)")
+
+
+def decrypt_into(path: str | Path, identity, place, direct=None, threads: int = 2) -> None:
+    """Hand the plaintext of ``path`` to ``place(offset, segment)`` segment by segment, in order, each only after
+    its tag checked, without ever holding the whole file: segments are opened on ``threads`` threads into a few
+    reused buffers (``segment`` is a view of one, valid during the call). ``direct(offset, size)`` may instead
+    give the writable memory a segment's plaintext belongs in (None: not one place), which it is decrypted into
+    in place (no copy) and not handed to ``place``; that memory holds unauthenticated bytes until the segment's
+    tag checked. A file that fails raises at its first bad segment: the caller drops whatever it filled."""
+    path = Path(path)
+    with open(path, "rb") as f, ThreadPoolExecutor(threads) as pool:
+        opened = _open(f, path, identity)
+        _check_length(path, opened)
+        step, in_flight = opened.header.fields["segment_size"], 2 * threads
+        slots = [bytearray(step) for _ in range(in_flight + 1)]  # the one being filled is never one still queued
+
+        def fill(i: int, sealed: bytes, into: memoryview | None) -> memoryview | None:
+            if into is not None:
+                opened.open_into(i, sealed, into)
+                return None
+            out = memoryview(slots[i % len(slots)])[:len(sealed) - TAG]
+            opened.open_into(i, sealed, out)
+            return out
+
+        pending: collections.deque = collections.deque()
+
+        def finish(j: int, job) -> None:
+            segment = job.result()
+            if segment is not None:
+                place(j * step, segment)
+
+        for i, sealed in _sealed_segments(f, opened):
+            into = None if direct is None else direct(i * step, len(sealed) - TAG)
+            pending.append((i, pool.submit(fill, i, sealed, into)))
+            while len(pending) > in_flight:
+                finish(*pending.popleft())
+        for j, job in pending:
+            finish(j, job)
+
+
 def decrypt_bytes(path: str | Path, identity, threads: int = 2) -> bytearray | mmap.mmap:
     """The whole plaintext of ``path`` in memory (one writable buffer of its size, filled in place: tensors can view
     it; a bytearray up to SMALL_FILE bytes, else anonymous memory),
@@ -314,10 +359,7 @@ def decrypt_bytes(path: str | Path, identity, threads: int = 2) -> bytearray | m
     with open(path, "rb") as f, ThreadPoolExecutor(threads) as pool:
         opened = _open(f, path, identity)
         size, step = opened.header.size, opened.header.fields["segment_size"]
-        expected = len(opened.header.aad) + size + opened.count * TAG
-        if path.stat().st_size != expected:  # before the buffer is made: a header's size alone is not trusted
-            raise SecureError(f"{path}: {path.stat().st_size:,} bytes where its header describes {expected:,} "
-                              "(truncated or tampered)")
+        _check_length(path, opened)  # before the buffer is made: a header's size alone is not trusted
         # a large buffer as anonymous memory: its pages are first touched by the threads decrypting into them
         # (a bytearray is zeroed first, one more pass over the whole file)
         out = bytearray(size) if size <= SMALL_FILE else mmap.mmap(-1, size)

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 
 from lmforge.errors import SecureError
-from lmforge.secure.envelope import SMALL_FILE, Passphrase, decrypt_bytes, decrypt_segments, is_envelope
+from lmforge.secure.envelope import (SMALL_FILE, Passphrase, decrypt_bytes, decrypt_into, decrypt_segments, is_envelope,
+                                     read_header)
 from lmforge.secure.keys import ENCRYPTION_KINDS, SIGNING_KINDS, load_private, load_public
 from lmforge.secure.signing import verify
 
@@ -49,6 +50,24 @@ class Gate:
         if len(plain) <= SMALL_FILE:
             self._plain[file] = plain
         return plain
+
+    def plaintext_size(self, file: str | Path) -> int | None:
+        """The plaintext size an encrypted ``file``'s header records (its segments check it); None when plain."""
+        file = Path(file).absolute()
+        return read_header(file).size if self._encrypted(file) else None
+
+    def decrypt_into(self, file: str | Path, place, direct=None) -> bool:
+        """Hand an encrypted ``file``'s plaintext to ``place(offset, segment)``, or decrypt it in place where
+        ``direct(offset, size)`` says (envelope.decrypt_into: never the whole file in memory); False, and nothing
+        done, when it is plain."""
+        file = Path(file).absolute()
+        if file in self._plain:
+            place(0, memoryview(self._plain[file]))
+            return True
+        if not self._encrypted(file):
+            return False
+        decrypt_into(file, self.identity, place, direct)
+        return True
 
     def head(self, file: str | Path, size: int) -> bytes | None:
         """The first ``size`` bytes of an encrypted ``file``'s plaintext (fewer if it is shorter), decrypting only

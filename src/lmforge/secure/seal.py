@@ -50,15 +50,17 @@ class Seal:
     def encrypts(self) -> bool:
         return bool(self.recipients)
 
-    def write(self, out: BinaryIO, pieces: list, name: str) -> tuple[str, str]:
+    def write(self, out: BinaryIO, pieces: list, name: str, plain_digest: bool = True) -> tuple[str | None, str]:
         """Write the concatenation of ``pieces`` (bytes-like, e.g. a serialized header then each tensor's memory,
         never joined whole) into the open file ``out``, an envelope naming ``name`` when encrypting; returns the
-        SHA-256 (hex) of the plaintext and of the bytes written. The caller makes the file appear atomically."""
+        SHA-256 (hex) of the plaintext (None when encrypting without ``plain_digest``: only a checkpoint's manifest
+        needs it) and of the bytes written. The caller makes the file appear atomically."""
         pieces = [memoryview(p).cast("B") for p in pieces]
         with ThreadPoolExecutor(1) as plain_pool, ThreadPoolExecutor(1) as written_pool, \
                 ThreadPoolExecutor(SEAL_THREADS) as seal_pool:
             plain_hash = hashlib.sha256()
-            plain = [plain_pool.submit(plain_hash.update, p) for p in pieces]  # in order: one worker
+            hash_plain = plain_digest or not self.encrypts
+            plain = [plain_pool.submit(plain_hash.update, p) for p in pieces] if hash_plain else []  # in order
             if not self.encrypts:
                 for p in pieces:
                     out.write(p)
@@ -86,12 +88,13 @@ class Seal:
             drain(0)
             for f in [*hashed, *plain]:
                 f.result()
-            return plain_hash.hexdigest(), written.hexdigest()
+            return plain_hash.hexdigest() if hash_plain else None, written.hexdigest()
 
-    def write_file(self, path: str | Path, pieces: list, name: str | None = None) -> tuple[str, str]:
+    def write_file(self, path: str | Path, pieces: list, name: str | None = None,
+                   plain_digest: bool = True) -> tuple[str | None, str]:
         """``write`` into a new file ``path``, which appears only once complete."""
         with atomic_open(path, "wb") as out:
-            return self.write(out, pieces, Path(path).name if name is None else name)
+            return self.write(out, pieces, Path(path).name if name is None else name, plain_digest)
 
     def sign(self, path: str | Path, written: dict[str, str]) -> Path | None:
         """Sign the file or folder ``path`` from ``written`` (each file's name relative to the folder, or "."

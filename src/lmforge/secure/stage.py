@@ -166,7 +166,7 @@ def _export(source: Path, output: Path, seal: Seal) -> None:
         return
     with safe_open(str(source), framework="pt") as f:
         metadata, tensors = f.metadata() or {}, {name: f.get_tensor(name) for name in f.keys()}
-    _, written = seal.write_file(output, safetensors_pieces(tensors, metadata))
+    _, written = seal.write_file(output, safetensors_pieces(tensors, metadata), plain_digest=False)
     seal.sign(output, {".": written})
 
 
