@@ -352,30 +352,19 @@ def decrypt_into(path: str | Path, identity, place, direct=None, threads: int = 
 
 def decrypt_bytes(path: str | Path, identity, threads: int = 2) -> bytearray | mmap.mmap:
     """The whole plaintext of ``path`` in memory (one writable buffer of its size, filled in place: tensors can view
-    it; a bytearray up to SMALL_FILE bytes, else anonymous memory),
-    every segment authenticated first (nothing is returned from a file that fails); segments are opened on
-    ``threads`` threads (AES-GCM releases the GIL)."""
-    path = Path(path)
-    with open(path, "rb") as f, ThreadPoolExecutor(threads) as pool:
-        opened = _open(f, path, identity)
-        size, step = opened.header.size, opened.header.fields["segment_size"]
-        _check_length(path, opened)  # before the buffer is made: a header's size alone is not trusted
-        # a large buffer as anonymous memory: its pages are first touched by the threads decrypting into them
-        # (a bytearray is zeroed first, one more pass over the whole file)
-        out = bytearray(size) if size <= SMALL_FILE else mmap.mmap(-1, size)
-        view = memoryview(out)
+    it; a bytearray up to SMALL_FILE bytes, else anonymous memory), every segment authenticated first (nothing is
+    returned from a file that fails): ``decrypt_into`` with every segment decrypted in place into that buffer."""
+    size, made = read_header(path).size, []
 
-        def fill(i: int, sealed: bytes) -> None:
-            opened.open_into(i, sealed, view[i * step:i * step + len(sealed) - TAG])
+    def into_buffer(offset: int, length: int) -> memoryview:
+        if not made:  # made at the first segment, once decrypt_into checked the file's length against the header
+            # a large buffer as anonymous memory: its pages are first touched by the threads decrypting into them
+            # (a bytearray is zeroed first, one more pass over the whole file)
+            made.append(bytearray(size) if size <= SMALL_FILE else mmap.mmap(-1, size))
+        return memoryview(made[0])[offset:offset + length]
 
-        pending: collections.deque = collections.deque()
-        for i, sealed in _sealed_segments(f, opened):
-            pending.append(pool.submit(fill, i, sealed))
-            while len(pending) > 2 * threads:
-                pending.popleft().result()
-        for job in pending:
-            job.result()  # the first segment that fails, in order
-    return out
+    decrypt_into(path, identity, None, into_buffer, threads)  # every segment has its place: none is handed on
+    return made[0]
 
 
 def decrypt_file(path: str | Path, output: str | Path, identity) -> str:

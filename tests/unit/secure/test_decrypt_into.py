@@ -10,7 +10,7 @@ import torch
 from lmforge.checkpoint.export import write_exported
 from lmforge.checkpoint.formats import safetensors_pieces
 from lmforge.checkpoint.load import _decrypt_into, _encrypted_layout, load_model, opened_with
-from lmforge.errors import SecureError
+from lmforge.errors import CheckpointError, SecureError
 from lmforge.model.config import SIZES, ModelDims
 from lmforge.model.decoder import Decoder
 from lmforge.model.fused_layout import model_views
@@ -100,3 +100,13 @@ def test_an_uninitialized_decoder_is_the_decoder_once_its_weights_are_loaded():
     empty.load_state_dict(model.state_dict())
     tokens = torch.randint(0, 300, (2, 12))
     assert torch.equal(empty(tokens), model(tokens))
+
+
+def test_an_encrypted_file_whose_header_claims_too_much_is_one_line(tmp_path, keys):
+    private, public = keys
+    body = (1 << 40).to_bytes(8, "little") + b"{}" * 100  # a safetensors header length of 1 TiB
+    Seal((load_public(public),), segment_size=64).write_file(tmp_path / "big.enc", [body])
+    with opened_with(gate_for(private)), pytest.raises(CheckpointError) as caught:
+        _encrypted_layout(tmp_path / "big.enc")
+    assert str(caught.value) == (f"checkpoint {tmp_path / 'big.enc'}: not a safetensors file (decrypted; a header "
+                                 f"of {1 << 40:,} bytes)")
