@@ -110,3 +110,14 @@ def test_small_rsa_keys_are_refused(tmp_path):
         encrypt_file(tmp_path / "f", tmp_path / "e", [small.public_key()], "f")
     assert not (tmp_path / "e").exists()
     shutil.rmtree(tmp_path)
+
+
+def test_a_large_plaintext_is_one_writable_buffer_tensors_can_view(tmp_path, x25519_key, monkeypatch):
+    from lmforge.secure import envelope
+
+    monkeypatch.setattr(envelope, "SMALL_FILE", 100)  # above it: a NumPy array, not a bytearray
+    data = os.urandom(3 * SEG + 5)
+    plain = decrypt_bytes(_sealed(tmp_path, data, x25519_key), x25519_key)
+    assert isinstance(plain, memoryview) and not plain.readonly and plain == data
+    small = decrypt_bytes(_sealed(tmp_path, data[:50], x25519_key, "small"), x25519_key)
+    assert isinstance(small, bytearray) and small == data[:50]
