@@ -6,6 +6,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 from lmforge.errors import SecureError
 from lmforge.secure.envelope import MAGIC, Passphrase, decrypt_bytes, decrypt_file, encrypt_file, read_header
@@ -119,5 +120,9 @@ def test_a_large_plaintext_is_one_writable_buffer_tensors_can_view(tmp_path, x25
     data = os.urandom(3 * SEG + 5)
     plain = decrypt_bytes(_sealed(tmp_path, data, x25519_key), x25519_key)
     assert isinstance(plain, memoryview) and not plain.readonly and plain == data
+    view = torch.frombuffer(plain, dtype=torch.uint8)  # what formats.tensors_in makes of it: no copy
+    assert bytes(view.numpy()) == data
+    view[0] ^= 0xFF
+    assert plain[0] == data[0] ^ 0xFF
     small = decrypt_bytes(_sealed(tmp_path, data[:50], x25519_key, "small"), x25519_key)
     assert isinstance(small, bytearray) and small == data[:50]
